@@ -1,0 +1,167 @@
+"""The `cyclegan-jobs` command line: subcommands -> configs -> jobs. Errors are one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .config import PRECISIONS, PRESETS
+
+# Exit codes: 0 ok, 1 the job failed (diverged, ...), 2 bad input or configuration.
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3 endpoint (MinIO, SeaweedFS); default: AWS_ENDPOINT_URL or AWS itself",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cyclegan-jobs", description="Train and run CycleGAN image translation as batch jobs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a CycleGAN and store a new model version")
+    t.add_argument("--domain-a", required=True, help="paintings: folder, s3://prefix, .npy, tfds:")
+    t.add_argument("--domain-b", required=True, help="photos: folder, s3://prefix, .npy, tfds:")
+    t.add_argument("--model-store", required=True, help="folder or s3:// prefix of the store")
+    t.add_argument("--preset", default="seed", choices=PRESETS)
+    t.add_argument("--image-size", type=int, default=None, help="default: the preset's")
+    t.add_argument("--epochs", type=_positive, default=1)
+    t.add_argument("--steps-per-epoch", type=_positive, default=None)
+    t.add_argument("--batch-size", type=_positive, default=1)
+    t.add_argument("--learning-rate", type=float, default=None, help="default: the preset's")
+    t.add_argument("--precision", default="auto", choices=PRECISIONS)
+    t.add_argument("--run-id", default=None, help="reuse to resume an interrupted run")
+    t.add_argument("--work-dir", default=None, help="local scratch (default: a temp folder)")
+    t.add_argument("--checkpoint-every", type=_positive, default=200)
+    t.add_argument("--sample-every", type=_positive, default=200)
+    t.add_argument("--log-every", type=_positive, default=10)
+    t.add_argument("--stop-after", type=_positive, default=None, help="steps, then checkpoint")
+    t.add_argument("--limit", type=_positive, default=None, help="max training images per domain")
+    t.add_argument("--holdout", type=float, default=0.3, help="held-out share (seed: 0.3)")
+    t.add_argument("--jitter", action="store_true", help="random resize-crop-flip (paper)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--deterministic", action="store_true", help="deterministic TF ops (slower)")
+    t.add_argument("--promote", action="store_true", help="promote the new version right away")
+    _add_storage_args(t)
+
+    m = sub.add_parser("models", help="list, show, promote or roll back model versions")
+    m.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    m.add_argument("version", nargs="?", help="for show and promote")
+    m.add_argument("--model-store", required=True)
+    m.add_argument("--reason", default="", help="recorded in the promotion history")
+    _add_storage_args(m)
+
+    s = sub.add_parser("sample-data", help="write the deterministic sample domains A and B")
+    s.add_argument("--out", required=True, help="folder or s3:// prefix")
+    s.add_argument("--n-a", type=_positive, default=64)
+    s.add_argument("--n-b", type=_positive, default=64)
+    s.add_argument("--size", type=_positive, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    _add_storage_args(s)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
+
+    from .config import TrainConfig, preset
+    from .train import train
+
+    model_cfg, loss_cfg = preset(args.preset, args.image_size)
+    if args.learning_rate is not None:
+        loss_cfg = dataclasses.replace(loss_cfg, learning_rate=args.learning_rate)
+    cfg = TrainConfig(
+        domain_a=args.domain_a,
+        domain_b=args.domain_b,
+        model_store=args.model_store,
+        model=model_cfg,
+        loss=loss_cfg,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        jitter=args.jitter,
+        holdout=args.holdout,
+        limit=args.limit,
+        precision=args.precision,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        run_id=args.run_id,
+        work_dir=args.work_dir,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
+        log_every=args.log_every,
+        stop_after=args.stop_after,
+        promote=args.promote,
+    )
+    return train(cfg)
+
+
+def _models(args: argparse.Namespace) -> Any:
+    from . import registry
+
+    store = args.model_store
+    if args.action == "list":
+        return registry.list_versions(store)
+    if args.action == "rollback":
+        return registry.rollback(store)
+    if not args.version:
+        raise registry.RegistryError(f"models {args.action} needs a VERSION")
+    if args.action == "show":
+        return registry.get_version(store, args.version)
+    return registry.promote(store, args.version, reason=args.reason)
+
+
+def _sample_data(args: argparse.Namespace) -> dict[str, Any]:
+    from .sample_data import write_sample_domains
+
+    return write_sample_domains(
+        args.out, n_a=args.n_a, n_b=args.n_b, size=args.size, seed=args.seed
+    )
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Bad input or configuration (ConfigError and DataError are ValueErrors)."""
+    from .registry import RegistryError
+    from .storage import StorageError
+
+    return (ValueError, RegistryError, StorageError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise in job logs
+    from . import storage
+
+    if args.endpoint_url:
+        storage.configure(endpoint_url=args.endpoint_url)
+    handler = {"train": _train, "models": _models, "sample-data": _sample_data}[args.command]
+    try:
+        result = handler(args)
+    except _known_errors() as err:
+        print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as err:  # TrainingError and other job failures
+        print(f"cyclegan-jobs {args.command}: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Typed, frozen configurations: the model presets (seed | paper | tiny) and the training job."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PRESETS = ("seed", "paper", "tiny")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+Architecture = Literal["unet_res", "resnet"]
+Adversarial = Literal["bce", "lsgan"]
+Distance = Literal["mse", "l1"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work, with a message saying which and why."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture. `unet_res` is the seed's U-Net with residual bottleneck blocks."""
+
+    preset: str = "seed"
+    image_size: int = 256
+    architecture: Architecture = "unet_res"
+    gen_filters: int = 64  # filters of the first generator layer; later layers double it
+    disc_filters: int = 64
+    res_blocks: int = 3
+    disc_kernel: int = 3  # the seed's downsample() default, used by its discriminator
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % 16:
+            raise ConfigError(
+                f"image size {self.image_size} must be a positive multiple of 16 "
+                "(the generator halves it four times)"
+            )
+        if self.gen_filters < 1 or self.disc_filters < 1 or self.res_blocks < 1:
+            raise ConfigError("filters and residual blocks must be >= 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objective and the optimizers: what the seed (or the paper) trains with."""
+
+    adversarial: Adversarial = "bce"  # seed: BCE-on-logits discriminators, MSE generators
+    cycle_distance: Distance = "mse"
+    cycle_weight: float = 10.0
+    identity_distance: Distance = "mse"
+    identity_weight: float = 0.1
+    learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    pool_size: int = 0  # history of generated images shown to the discriminators (paper: 50)
+    linear_decay: bool = False  # paper: constant LR, then linear decay to 0 over the 2nd half
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
+        if self.pool_size < 0:
+            raise ConfigError(f"pool size must be >= 0, got {self.pool_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training job: data, schedule, where results go."""
+
+    domain_a: str
+    domain_b: str
+    model_store: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 1
+    steps_per_epoch: int | None = None  # None: min(|A|, |B|) // batch, as the seed's zip()
+    batch_size: int = 1
+    shuffle_buffer: int = 1000
+    jitter: bool = False  # paper: resize to 286/256 of the size, random crop, random flip
+    holdout: float = 0.3  # the seed's test_size for its face array
+    limit: int | None = None  # cap on training images per domain (quick runs)
+    precision: str = "auto"
+    seed: int = 42
+    deterministic: bool = False  # tf op determinism (slower); used by the exact-resume tests
+    run_id: str | None = None
+    work_dir: str | None = None  # local scratch; default: a temporary folder
+    checkpoint_every: int = 200
+    sample_every: int = 200
+    log_every: int = 10
+    stop_after: int | None = None  # stop (with a checkpoint, no version) after this many steps
+    promote: bool = False  # promote the new version right away (before a quality gate exists)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch size": self.batch_size >= 1,
+            "shuffle buffer": self.shuffle_buffer >= 1,
+            "checkpoint every": self.checkpoint_every >= 1,
+            "sample every": self.sample_every >= 1,
+            "log every": self.log_every >= 1,
+            "steps per epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            "stop after": self.stop_after is None or self.stop_after >= 1,
+            "limit": self.limit is None or self.limit >= 1,
+            "holdout": 0.0 <= self.holdout < 1.0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid {', '.join(bad)} (must be >= 1; holdout in [0, 1))")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossConfig]:
+    """The model and loss configuration of a named preset.
+
+    seed:  the notebook exactly (U-Net + 3 residual blocks at 512, BCE/MSE losses, Adam 1e-4).
+    paper: Zhu et al. 2017 (ResNet-9 generator, 70x70 PatchGAN, instance norm, LSGAN, L1, pool).
+    tiny:  the seed topology with 1/8 of the filters, for CPU tests on 32-64 px images.
+    """
+    if name == "seed":
+        model, loss = ModelConfig(preset="seed", image_size=image_size or 256), LossConfig()
+    elif name == "tiny":
+        model = ModelConfig(
+            preset="tiny", image_size=image_size or 64, gen_filters=8, disc_filters=8
+        )
+        loss = LossConfig()
+    elif name == "paper":
+        model = ModelConfig(
+            preset="paper",
+            image_size=image_size or 256,
+            architecture="resnet",
+            res_blocks=9,
+            disc_kernel=4,
+        )
+        loss = LossConfig(
+            adversarial="lsgan",
+            cycle_distance="l1",
+            identity_distance="l1",
+            identity_weight=5.0,
+            learning_rate=2e-4,
+            pool_size=50,
+            linear_decay=True,
+        )
+    else:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return model, loss
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a ModelConfig from config.json (ignoring keys a newer version may add)."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,380 @@
+"""Pixels in and out: decode any image into RGB, resize, scale, encode, draw grids and charts."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+# Decoders we accept. Pillow can open many more (PSD, ICO, EPS via Ghostscript, ...), but every
+# extra decoder is attack surface for files dropped into a public input bucket. MPO is how Pillow
+# reports the multi-picture JPEGs that many phone cameras write.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+
+WHITE = (255, 255, 255)
+# Matplotlib's "tab10" colours, so charts look familiar to people used to the seed's plots.
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+class ImageDecodeError(ValueError):
+    """An input that cannot become an RGB picture; `reason` is a short phrase for reports."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = 50_000_000, draft_size: int | None = None
+) -> np.ndarray:
+    """Decode JPEG/PNG/WebP/BMP/GIF/TIFF bytes into an upright uint8 H x W x 3 RGB array.
+
+    Alpha is composited on white, 16-bit and grayscale images are scaled to 8-bit RGB, EXIF
+    orientation is applied, and only the first frame of animations and multi-page files is used.
+    `draft_size`: the caller will shrink the image to about draft_size x draft_size, so a JPEG
+    may be decoded at 1/2, 1/4 or 1/8 scale, never smaller than that (much faster for photos).
+    Raises ImageDecodeError (with a short `reason`) for anything that is not a usable image.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in SUPPORTED_FORMATS:
+                raise ImageDecodeError(f"unsupported format ({img.format})")
+            # The header gives the size before any pixel is decoded: refuse decompression bombs
+            # here, before they can allocate gigabytes.
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"too many pixels ({width * height / 1e6:.3g} MP > {max_pixels / 1e6:.3g} MP)"
+                )
+            if draft_size is not None and img.format in ("JPEG", "MPO"):
+                img.draft(None, (draft_size, draft_size))
+            # load() decodes everything now, so a truncated file fails here and not later.
+            img.load()
+            img = _upright(img)
+            return _to_rgb_array(img)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's own limit (Image.MAX_IMAGE_PIXELS) only matters if max_pixels is above it.
+        raise ImageDecodeError("too many pixels (over Pillow's decompression-bomb limit)") from err
+    except UnidentifiedImageError as err:
+        raise ImageDecodeError("not an image") from err
+    except (OSError, SyntaxError, EOFError, ValueError) as err:
+        # Pillow reports damaged data with all of these, depending on the codec.
+        message = str(err).lower()
+        if isinstance(err, EOFError) or "truncated" in message or "end of file" in message:
+            raise ImageDecodeError("truncated image") from err
+        raise ImageDecodeError(f"corrupt image ({_first_line(err)})") from err
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF metadata should not reject otherwise good pixels
+        return img
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Pillow's convert("RGB") clips high-bit-depth values at 255 instead of scaling them.
+        gray = np.asarray(img, dtype=np.float64)
+        if mode == "F":  # float TIFFs hold either [0, 1] or [0, 255]
+            scale = 255.0 if gray.max(initial=0.0) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        gray8 = np.clip(np.rint(gray * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray8[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    try:
+        if has_alpha:
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (*WHITE, 255))
+            background.alpha_composite(rgba)
+            rgb = background.convert("RGB")
+        else:
+            rgb = img.convert("RGB")
+    except ValueError as err:
+        raise ImageDecodeError(f"unsupported format (mode {mode})") from err
+    return np.array(rgb, dtype=np.uint8)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:80] if text else type(err).__name__
+
+
+def to_unit(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1], exactly the seed's normalize(): x / 127.5 - 1."""
+    return np.asarray(images_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats (e.g. generator tanh outputs) -> uint8, clipped and rounded."""
+    scaled = (np.asarray(x, dtype=np.float32) + 1.0) * 127.5
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 H x W x 3 image to size x size, or to (height, width) for a tuple.
+
+    Bicubic, as PIL's default that the seed used; Pillow widens the filter when shrinking, so
+    downscaling is antialiased too.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    pil = Image.fromarray(_check_uint8(image))
+    return np.asarray(pil.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode a uint8 H x W x 3 (or H x W) array as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(_check_uint8(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """Encode a uint8 H x W x 3 (or H x W) array as JPEG."""
+    buffer = io.BytesIO()
+    Image.fromarray(_check_uint8(image)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _check_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or not (
+        image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+    ):
+        raise ValueError(f"expected a uint8 H x W x 3 image, got {image.dtype} {image.shape}")
+    return image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+
+
+def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    # Grids are mostly made from model tensors: floats are taken as [-1, 1] like the seed's plots.
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = to_uint8(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError):  # Pillow built without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def sample_grid(
+    rows: list[list[np.ndarray]],
+    *,
+    col_titles: list[str] | None = None,
+    row_titles: list[str] | None = None,
+    cell: int = 256,
+) -> np.ndarray:
+    """A labelled picture grid (uint8 H x W x 3) on white, like the seed's 2 x 2 matplotlib figure.
+
+    Each image (uint8, or floats in [-1, 1]) is fitted into a cell x cell square keeping its aspect
+    ratio; `col_titles` go above the columns and `row_titles` to the left of the rows.
+    """
+    if not rows or not any(rows):
+        raise ValueError("sample_grid needs at least one image")
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
+    gap = max(4, cell // 32)
+    font = _font(max(12, cell // 14))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = _text_size(scratch, "Ag", font)[1]
+    top = line_height + 2 * gap if col_titles else gap
+    left = gap
+    if row_titles:
+        left += max(_text_size(scratch, title, font)[0] for title in row_titles) + 2 * gap
+    width = left + n_cols * (cell + gap)
+    height = top + n_rows * (cell + gap)
+    canvas = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        y = top + r * (cell + gap)
+        for c, image in enumerate(row):
+            x = left + c * (cell + gap)
+            picture = Image.fromarray(_as_uint8_rgb(image))
+            picture = ImageOps.contain(picture, (cell, cell), Image.Resampling.BICUBIC)
+            canvas.paste(
+                picture, (x + (cell - picture.width) // 2, y + (cell - picture.height) // 2)
+            )
+        if row_titles and r < len(row_titles):
+            text_h = _text_size(draw, row_titles[r], font)[1]
+            draw.text((gap, y + (cell - text_h) // 2), row_titles[r], fill=(0, 0, 0), font=font)
+    for c, title in enumerate((col_titles or [])[:n_cols]):
+        text_w = _text_size(draw, title, font)[0]
+        x = left + c * (cell + gap) + (cell - text_w) // 2
+        draw.text((x, gap), title, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def _format_tick(value: float, integral: bool = False) -> str:
+    if integral:
+        return str(round(value))
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str,
+    width: int = 800,
+    height: int = 450,
+    log_y: bool = False,
+) -> np.ndarray:
+    """A loss-curve chart (uint8 H x W x 3): axes, ticks with min/max labels, one line per series.
+
+    Points are (x, y), e.g. (step, loss). Non-finite values, and values <= 0 with `log_y`, are
+    left out, so a NaN loss shows as a gap instead of breaking the picture.
+    """
+    # PIL draws lines without antialiasing: draw at twice the size and shrink for smooth curves.
+    big = _draw_chart(series, title, width * 2, height * 2, log_y, unit=2)
+    return np.asarray(big.resize((width, height), Image.Resampling.LANCZOS))
+
+
+def _draw_chart(
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    width: int,
+    height: int,
+    log_y: bool,
+    unit: int,
+) -> Image.Image:
+    canvas = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    title_font, font = _font(max(14 * unit, height // 26)), _font(max(11 * unit, height // 38))
+    black, grey = (0, 0, 0), (110, 110, 110)
+
+    def keep(x: float, y: float) -> bool:
+        return math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)
+
+    # Runs of usable points per series; a dropped point splits a line into segments.
+    segments: dict[str, list[list[tuple[float, float]]]] = {}
+    for name, points in series.items():
+        runs: list[list[tuple[float, float]]] = [[]]
+        for x, y in points:
+            if keep(float(x), float(y)):
+                runs[-1].append((float(x), math.log10(y) if log_y else float(y)))
+            elif runs[-1]:
+                runs.append([])
+        segments[name] = [run for run in runs if run]
+    xs = [x for runs in segments.values() for run in runs for x, _ in run]
+    ys = [y for runs in segments.values() for run in runs for _, y in run]
+
+    heading = f"{title} (log scale)" if log_y else title
+    title_w, title_h = _text_size(draw, heading, title_font)
+    draw.text(((width - title_w) // 2, 8 * unit), heading, fill=black, font=title_font)
+    if not xs:
+        text_w, text_h = _text_size(draw, "no data", font)
+        draw.text(((width - text_w) // 2, (height - text_h) // 2), "no data", grey, font)
+        return canvas
+
+    x_min, x_max = min(xs), max(xs)
+    y_min, y_max = min(ys), max(ys)
+    # A flat series or a single point still needs a non-empty range to map into pixels.
+    if x_max == x_min:
+        x_min, x_max = x_min - 0.5, x_max + 0.5
+    if y_max == y_min:
+        pad = 0.5 if log_y else max(abs(y_min) * 0.05, 1e-6)
+        y_min, y_max = y_min - pad, y_max + pad
+
+    n_ticks = 5
+    y_ticks = [y_min + (y_max - y_min) * i / (n_ticks - 1) for i in range(n_ticks)]
+    x_ticks = [x_min + (x_max - x_min) * i / (n_ticks - 1) for i in range(n_ticks)]
+    # Steps and epochs are whole numbers; "497.5" on a step axis reads as a bug.
+    integral_x = all(x.is_integer() for x in xs) and x_max - x_min >= 2 * (n_ticks - 1)
+    y_labels = [_format_tick(10**t if log_y else t) for t in y_ticks]
+    x_labels = [_format_tick(t, integral_x) for t in x_ticks]
+    label_h = _text_size(draw, "0", font)[1]
+
+    plot_left = 16 * unit + max(_text_size(draw, label, font)[0] for label in y_labels)
+    plot_top = 8 * unit + title_h + 16 * unit
+    plot_right = width - 12 * unit - _text_size(draw, x_labels[-1], font)[0] // 2
+    plot_bottom = height - 16 * unit - label_h
+    # Keep the extreme points a few pixels off the axes so they stay visible.
+    inset = 6 * unit
+    inner_w, inner_h = plot_right - plot_left - 2 * inset, plot_bottom - plot_top - 2 * inset
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (
+            plot_left + inset + (x - x_min) / (x_max - x_min) * inner_w,
+            plot_bottom - inset - (y - y_min) / (y_max - y_min) * inner_h,
+        )
+
+    # Grid lines and tick labels first, so the data lines are drawn over them.
+    tick = 5 * unit
+    for value, label in zip(y_ticks, y_labels, strict=True):
+        _, y = px(x_min, value)
+        draw.line([(plot_left, y), (plot_right, y)], fill=(225, 225, 225), width=unit)
+        draw.line([(plot_left - tick, y), (plot_left, y)], fill=black, width=unit)
+        text_w, _ = _text_size(draw, label, font)
+        draw.text((plot_left - tick - 3 * unit - text_w, y - label_h * 0.6), label, black, font)
+    for value, label in zip(x_ticks, x_labels, strict=True):
+        x, _ = px(value, y_min)
+        draw.line([(x, plot_top), (x, plot_bottom)], fill=(225, 225, 225), width=unit)
+        draw.line([(x, plot_bottom), (x, plot_bottom + tick)], fill=black, width=unit)
+        text_w, _ = _text_size(draw, label, font)
+        draw.text((x - text_w / 2, plot_bottom + tick + 2 * unit), label, black, font)
+    axes = [(plot_left, plot_top), (plot_left, plot_bottom), (plot_right, plot_bottom)]
+    draw.line(axes, fill=black, width=unit)
+
+    for i, runs in enumerate(segments.values()):
+        colour = PALETTE[i % len(PALETTE)]
+        for run in runs:
+            points = [px(x, y) for x, y in run]
+            if len(points) == 1:
+                x, y = points[0]
+                r = 3 * unit
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+            else:
+                draw.line(points, fill=colour, width=2 * unit, joint="curve")
+
+    # Legend: a framed box in the top-right corner of the plot area.
+    names = list(series)
+    if names:
+        swatch, pad = 20 * unit, 6 * unit
+        text_w = max(_text_size(draw, name, font)[0] for name in names)
+        row_h = label_h + 6 * unit
+        box_w, box_h = swatch + 3 * pad + text_w, len(names) * row_h + pad
+        x0, y0 = plot_right - box_w - pad, plot_top + pad
+        draw.rectangle(
+            [x0, y0, x0 + box_w, y0 + box_h], fill=WHITE, outline=(160, 160, 160), width=unit
+        )
+        for i, name in enumerate(names):
+            y = y0 + pad / 2 + i * row_h + row_h / 2
+            colour = PALETTE[i % len(PALETTE)]
+            draw.line([(x0 + pad, y), (x0 + pad + swatch, y)], fill=colour, width=3 * unit)
+            draw.text((x0 + 2 * pad + swatch, y - label_h * 0.6), name, black, font)
+    return canvas

@@ -1,0 +1,207 @@
+"""Generator and discriminator builders: the seed's U-Net/PatchGAN and the paper's ResNet-9.
+
+Every builder is a plain function that returns a functional `keras.Model` made only of stock
+Keras layers (plus one registered padding layer for the paper preset), so saved generators load
+with `keras.saving.load_model(path, safe_mode=True)` and need no code of ours beyond an import.
+
+Deliberate deviation from the seed: the notebook creates its three residual blocks once at module
+level and calls them from `Generator()`, so its generator_AB and generator_BA *share* the
+bottleneck weights. Here each generator owns its blocks, as CycleGAN intends (two independent
+mappings G: A->B and F: B->A).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .config import ModelConfig
+
+# The seed's LeakyReLU() uses the Keras default slope, 0.3.
+SEED_LEAKY_SLOPE = 0.3
+
+
+def _init() -> keras.initializers.Initializer:
+    # The seed's tf.random_normal_initializer(0., 0.02), as in pix2pix.
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):  # noqa: ANN001 - keras tensors
+    """Conv2D stride 2 with LeakyReLU (inside the conv, as the seed), no bias, then BatchNorm."""
+    x = layers.Conv2D(
+        filters,
+        size,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_init(),
+        name=f"{name}_conv",
+        dtype=dtype,
+    )(x)
+    x = layers.LeakyReLU(SEED_LEAKY_SLOPE, name=f"{name}_lrelu", dtype=dtype)(x)
+    if batchnorm:
+        x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+    return x
+
+
+def upsample(x, filters: int, size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
+    """Conv2DTranspose stride 2 with ReLU (inside the conv), no bias, then BatchNorm."""
+    x = layers.Conv2DTranspose(
+        filters,
+        size,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_init(),
+        name=f"{name}_convT",
+        dtype=dtype,
+    )(x)
+    x = layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
+    return layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+
+
+def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
+    """The seed's ResnetIdentityBlock: 1x1 -> kxk -> 1x1 convs with BN, input added, ReLU."""
+    shortcut = x
+    for i, (k, last) in enumerate([(1, False), (kernel_size, False), (1, True)]):
+        x = layers.Conv2D(filters, k, padding="same", name=f"{name}_conv{i}", dtype=dtype)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}", dtype=dtype)(x)
+        if not last:
+            x = layers.ReLU(name=f"{name}_relu{i}", dtype=dtype)(x)
+    x = layers.Add(name=f"{name}_add", dtype=dtype)([x, shortcut])
+    return layers.ReLU(name=f"{name}_out", dtype=dtype)(x)
+
+
+def build_generator(cfg: ModelConfig, *, name: str = "generator", dtype=None) -> keras.Model:
+    """A generator for `cfg` (image_size x image_size x 3 in [-1, 1] -> same shape, tanh).
+
+    `dtype` is a Keras dtype policy ("mixed_bfloat16", ...); the output is always float32.
+    """
+    if cfg.architecture == "resnet":
+        return _resnet_generator(cfg, name=name, dtype=dtype)
+    f = cfg.gen_filters
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    x = inputs
+    skips = []
+    for i, filters in enumerate([f, f * 2, f * 4, f * 8]):
+        x = downsample(x, filters, 4, batchnorm=i > 0, name=f"down{i}", dtype=dtype)
+        skips.append(x)
+    for i in range(cfg.res_blocks):
+        x = residual_block(x, f * 8, name=f"res{i}", dtype=dtype)
+    for i, (filters, skip) in enumerate(zip([f * 4, f * 2, f], reversed(skips[:-1]), strict=True)):
+        x = upsample(x, filters, 4, name=f"up{i}", dtype=dtype)
+        x = layers.Concatenate(name=f"skip{i}", dtype=dtype)([x, skip])
+    x = layers.Conv2DTranspose(
+        3, 4, strides=2, padding="same", kernel_initializer=_init(), name="last", dtype=dtype
+    )(x)
+    # tanh in float32: the image leaves the network at full precision whatever the policy.
+    outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_discriminator(
+    cfg: ModelConfig, *, name: str = "discriminator", dtype=None
+) -> keras.Model:
+    """A PatchGAN discriminator returning float32 logits (seed: 16x16x1 for 256x256 input)."""
+    if cfg.architecture == "resnet":
+        return _patchgan_70(cfg, name=name, dtype=dtype)
+    f = cfg.disc_filters
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    x = inputs
+    for i, filters in enumerate([f, f * 2, f * 4, f * 8]):
+        x = downsample(x, filters, cfg.disc_kernel, name=f"down{i}", dtype=dtype)
+    x = layers.Conv2D(1, 4, strides=1, padding="same", name="logits", dtype=dtype)(x)
+    outputs = layers.Activation("linear", dtype="float32", name="logits_f32")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+# --- the paper preset (Zhu et al. 2017, appendix 7.2) ----------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_jobs")
+class ReflectionPadding2D(layers.Layer):
+    """Reflection padding of the spatial dimensions (the paper pads with reflection)."""
+
+    def __init__(self, padding: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+
+    def call(self, x):  # noqa: ANN001
+        p = self.padding
+        return keras.ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):  # noqa: ANN001
+        b, h, w, c = input_shape
+        grow = 2 * self.padding
+        return (b, None if h is None else h + grow, None if w is None else w + grow, c)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "padding": self.padding}
+
+
+def _instance_norm(name: str, dtype=None) -> layers.Layer:  # noqa: ANN001
+    # GroupNormalization with one group per channel is instance normalization; the reference
+    # implementation's InstanceNorm2d has no affine parameters.
+    return layers.GroupNormalization(
+        groups=-1, epsilon=1e-5, center=False, scale=False, name=name, dtype=dtype
+    )
+
+
+def _conv_norm_relu(x, filters, k, stride, *, name, dtype, transpose=False, pad=0):  # noqa: ANN001
+    if pad:
+        x = ReflectionPadding2D(pad, name=f"{name}_pad", dtype=dtype)(x)
+    conv = layers.Conv2DTranspose if transpose else layers.Conv2D
+    x = conv(
+        filters,
+        k,
+        strides=stride,
+        padding="same" if (transpose or not pad) else "valid",
+        kernel_initializer=_init(),
+        name=f"{name}_conv",
+        dtype=dtype,
+    )(x)
+    x = _instance_norm(f"{name}_in", dtype)(x)
+    return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
+
+
+def _resnet_generator(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
+    f = cfg.gen_filters
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    x = _conv_norm_relu(inputs, f, 7, 1, pad=3, name="c7s1", dtype=dtype)
+    x = _conv_norm_relu(x, f * 2, 3, 2, name="d128", dtype=dtype)
+    x = _conv_norm_relu(x, f * 4, 3, 2, name="d256", dtype=dtype)
+    for i in range(cfg.res_blocks):
+        shortcut = x
+        y = _conv_norm_relu(x, f * 4, 3, 1, pad=1, name=f"res{i}a", dtype=dtype)
+        y = ReflectionPadding2D(1, name=f"res{i}b_pad", dtype=dtype)(y)
+        y = layers.Conv2D(f * 4, 3, kernel_initializer=_init(), name=f"res{i}b_conv", dtype=dtype)(
+            y
+        )
+        y = _instance_norm(f"res{i}b_in", dtype)(y)
+        x = layers.Add(name=f"res{i}_add", dtype=dtype)([shortcut, y])
+    x = _conv_norm_relu(x, f * 2, 3, 2, transpose=True, name="u128", dtype=dtype)
+    x = _conv_norm_relu(x, f, 3, 2, transpose=True, name="u64", dtype=dtype)
+    x = ReflectionPadding2D(3, name="out_pad", dtype=dtype)(x)
+    x = layers.Conv2D(3, 7, kernel_initializer=_init(), name="out_conv", dtype=dtype)(x)
+    outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _patchgan_70(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
+    # C64-C128-C256-C512 with 4x4 convs, LeakyReLU 0.2, no norm on the first layer; padding 1
+    # as the reference code, so a 256 input gives 30x30 logits with a 70x70 receptive field.
+    f = cfg.disc_filters
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    x = inputs
+    for i, (filters, stride) in enumerate([(f, 2), (f * 2, 2), (f * 4, 2), (f * 8, 1)]):
+        x = layers.ZeroPadding2D(1, name=f"c{i}_pad", dtype=dtype)(x)
+        x = layers.Conv2D(
+            filters, 4, strides=stride, kernel_initializer=_init(), name=f"c{i}_conv", dtype=dtype
+        )(x)
+        if i > 0:
+            x = _instance_norm(f"c{i}_in", dtype)(x)
+        x = layers.LeakyReLU(0.2, name=f"c{i}_lrelu", dtype=dtype)(x)
+    x = layers.ZeroPadding2D(1, name="logits_pad", dtype=dtype)(x)
+    x = layers.Conv2D(1, 4, kernel_initializer=_init(), name="logits", dtype=dtype)(x)
+    outputs = layers.Activation("linear", dtype="float32", name="logits_f32")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,449 @@
+"""The one object-store module: read, write, list and copy s3:// URIs (boto3) and local paths."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+S3_SCHEME = "s3://"
+# Enough parallel transfers to hide S3 latency, matched to the client's connection pool.
+MAX_WORKERS = 16
+# Temporary files of atomic local writes start with this, so listings can skip them.
+_TMP_PREFIX = ".tmp-cyclegan-"
+_CHUNK = 8 * 1024 * 1024
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: where it is, its key under the listed prefix, and its size and ETag."""
+
+    uri: str
+    rel: str
+    size: int
+    etag: str
+
+
+class StorageError(RuntimeError):
+    """An object-store operation failed; the message names the URI and the reason in one line."""
+
+
+class NotFoundError(StorageError):
+    """The object or local folder does not exist (a missing bucket is a plain StorageError)."""
+
+
+_lock = threading.Lock()
+_endpoint_url: str | None = None
+_client: Any | None = None
+
+
+def configure(*, endpoint_url: str | None = None, client: Any | None = None) -> None:
+    """Set the S3 endpoint or inject a ready client (e.g. from an Airflow hook) for all s3 calls.
+
+    Calling it without arguments resets to the defaults (a fresh client from the environment).
+    """
+    global _endpoint_url, _client
+    with _lock:
+        _endpoint_url = endpoint_url
+        _client = client
+
+
+def get_client() -> Any:
+    """Return the shared boto3 S3 client, building it once (boto3 clients are thread-safe)."""
+    global _client
+    client = _client
+    if client is not None:
+        return client
+    with _lock:
+        if _client is None:
+            _client = _build_client(_endpoint_url)
+        return _client
+
+
+def _build_client(endpoint_url: str | None) -> Any:
+    # Imported here so that importing this module (e.g. from a DAG file) stays cheap.
+    import boto3
+    from botocore.config import Config
+
+    # boto3 reads AWS_ENDPOINT_URL(_S3) itself; we only look at it to choose the addressing style.
+    effective = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    config = Config(
+        retries={"max_attempts": 10, "mode": "standard"},
+        max_pool_connections=32,
+        # SeaweedFS/MinIO behind a plain host:port cannot serve virtual-hosted bucket names.
+        s3={"addressing_style": "path"} if effective else None,
+    )
+    # A private session: the boto3 default session is not safe to create from several threads.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def is_s3(uri: str) -> bool:
+    """True for s3:// URIs."""
+    return str(uri).startswith(S3_SCHEME)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """Split 's3://bucket/key/prefix' into ('bucket', 'key/prefix'); ValueError for bad URIs."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket name: {uri!r} (expected s3://bucket/key)")
+    if not all(c.isalnum() or c in ".-_" for c in bucket):
+        raise ValueError(f"invalid bucket name {bucket!r} in {uri!r}")
+    return bucket, key
+
+
+def _local_path(uri: str | Path) -> Path:
+    text = str(uri)
+    if "://" in text:
+        raise ValueError(f"unsupported URI scheme (only s3:// and local paths): {text!r}")
+    if not text:
+        raise ValueError("empty path")
+    return Path(text)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join a base URI or path with '/'-separated parts, without doubled slashes at the joints."""
+    pieces = [p.strip("/") for p in parts if p.strip("/")]
+    if not pieces:
+        return base
+    head = base.rstrip("/")
+    if not head:
+        # "/" stays the root; "" means a relative path.
+        return "/" + "/".join(pieces) if base.startswith("/") else "/".join(pieces)
+    return head + "/" + "/".join(pieces)
+
+
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    """Translate botocore failures into one-line StorageErrors naming the URI."""
+    try:
+        yield
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code == "NoSuchBucket":
+            bucket = split_s3(uri)[0]
+            raise StorageError(f"bucket '{bucket}' does not exist ({uri})") from err
+        if code in _NOT_FOUND_CODES:
+            raise NotFoundError(f"no such object: {uri}") from err
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _DENIED_CODES:
+            raise StorageError(f"access denied to {uri}") from err
+        if status == 403:
+            # e.g. InvalidAccessKeyId or SignatureDoesNotMatch: the credentials are wrong.
+            raise StorageError(f"access denied to {uri} ({code})") from err
+        message = error.get("Message") or str(err)
+        raise StorageError(f"S3 error {code} on {uri}: {message}") from err
+    except BotoCoreError as err:
+        # Connection, credential and endpoint problems: keep botocore's explanation.
+        raise StorageError(f"S3 request for {uri} failed: {err}") from err
+
+
+def list_objects(
+    prefix: str,
+    *,
+    suffixes: tuple[str, ...] | None = None,
+    page_size: int = 1000,
+    missing_ok: bool = False,
+) -> Iterator[ObjectInfo]:
+    """Yield every object under a folder-like prefix, recursively, in key order.
+
+    S3 listing is paginated and streamed; an s3 prefix is treated as a folder ('/' is added).
+    Keys ending in '/' (directory markers) are skipped. `suffixes` filters case-insensitively.
+    A missing bucket raises StorageError; a missing local folder raises NotFoundError unless
+    `missing_ok`. Errors surface on the first iteration, since this is a generator.
+    """
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    source = _list_s3(prefix, page_size) if is_s3(prefix) else _list_local(prefix, missing_ok)
+    for info in source:
+        if wanted is None or info.rel.lower().endswith(wanted):
+            yield info
+
+
+def _list_s3(prefix: str, page_size: int) -> Iterator[ObjectInfo]:
+    bucket, key_prefix = split_s3(prefix)
+    if key_prefix and not key_prefix.endswith("/"):
+        key_prefix += "/"
+    paginator = get_client().get_paginator("list_objects_v2")
+    pages = paginator.paginate(
+        Bucket=bucket, Prefix=key_prefix, PaginationConfig={"PageSize": page_size}
+    )
+    with _s3_errors(prefix):
+        # S3 returns keys in UTF-8 binary order, so streaming the pages keeps them sorted.
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue
+                yield ObjectInfo(
+                    uri=f"{S3_SCHEME}{bucket}/{key}",
+                    rel=key[len(key_prefix) :],
+                    size=int(obj.get("Size", 0)),
+                    etag=str(obj.get("ETag", "")).strip('"'),
+                )
+
+
+def _list_local(prefix: str, missing_ok: bool) -> Iterator[ObjectInfo]:
+    root = _local_path(prefix)
+    if not root.is_dir():
+        if missing_ok and not root.exists():
+            return
+        kind = "not a folder" if root.exists() else "no such folder"
+        raise NotFoundError(f"{kind}: {root}")
+    yield from _walk_sorted(os.path.abspath(root), "")
+
+
+def _walk_sorted(folder: str, rel_base: str) -> Iterator[ObjectInfo]:
+    # Sorting folders as "name/" makes the recursive walk come out in the same order as a flat
+    # sort of the full keys (as S3 lists them): "a-b" < "a/x" because '-' < '/'.
+    with os.scandir(folder) as it:
+        entries = [
+            (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+            for e in it
+            if not e.name.startswith(_TMP_PREFIX)
+        ]
+    for name, entry in sorted(entries, key=lambda pair: pair[0]):
+        rel = rel_base + name
+        if name.endswith("/"):
+            yield from _walk_sorted(entry.path, rel)
+        elif entry.is_file():
+            stat = entry.stat()
+            yield ObjectInfo(
+                uri=entry.path,
+                rel=rel,
+                size=stat.st_size,
+                etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+            )
+
+
+def exists(uri: str) -> bool:
+    """True when the object (or local file) exists."""
+    try:
+        head(uri)
+    except NotFoundError:
+        return False
+    return True
+
+
+def head(uri: str) -> dict:
+    """Return {"size", "etag", "metadata"} of an object; NotFoundError if it is missing."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            resp = get_client().head_object(Bucket=bucket, Key=key)
+        return {
+            "size": int(resp.get("ContentLength", 0)),
+            "etag": str(resp.get("ETag", "")).strip('"'),
+            "metadata": dict(resp.get("Metadata", {})),
+        }
+    path = _local_path(uri)
+    if not path.is_file():
+        raise NotFoundError(f"no such object: {uri}")
+    stat = path.stat()
+    return {"size": stat.st_size, "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}", "metadata": {}}
+
+
+def read_bytes(uri: str) -> bytes:
+    """Return the whole content of an object or local file."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            return get_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        return _local_path(uri).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        raise NotFoundError(f"no such object: {uri}") from err
+
+
+def write_bytes(
+    uri: str,
+    data: bytes,
+    *,
+    metadata: dict[str, str] | None = None,
+    content_type: str | None = None,
+) -> None:
+    """Write an object in one PUT, or a local file atomically; `metadata` is ignored locally."""
+    if is_s3(uri):
+        _put_s3(uri, data, metadata=metadata, content_type=content_type)
+        return
+    with _atomic_local(uri) as fh:
+        fh.write(data)
+
+
+def _put_s3(
+    uri: str,
+    body: bytes | BinaryIO,
+    *,
+    metadata: dict[str, str] | None = None,
+    content_type: str | None = None,
+) -> None:
+    bucket, key = split_s3(uri)
+    extra: dict[str, Any] = {}
+    if metadata:
+        extra["Metadata"] = metadata
+    # Browsers and S3 consoles show images and JSON correctly only with a real content type.
+    content_type = content_type or mimetypes.guess_type(key)[0]
+    if content_type:
+        extra["ContentType"] = content_type
+    with _s3_errors(uri):
+        get_client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
+
+
+@contextmanager
+def _atomic_local(uri: str | Path) -> Iterator[BinaryIO]:
+    """Open a temp file beside the target and move it into place only when writing succeeded."""
+    path = _local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+    # os.open with 0o666 lets the umask decide permissions, like a normal open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json(uri: str) -> Any:
+    """Read and parse a JSON object."""
+    data = read_bytes(uri)
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StorageError(f"not valid JSON: {uri}: {err}") from err
+
+
+def write_json(uri: str, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON (stable diffs, readable in a console)."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_bytes(uri, text.encode("utf-8"), content_type="application/json")
+
+
+def _map(fn: Any, items: list[Any], parallel: bool) -> list[Any]:
+    if not parallel or len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+        return list(pool.map(fn, items))
+
+
+def upload_dir(local_dir: str | Path, prefix: str) -> list[str]:
+    """Copy every file under `local_dir` to `prefix/<rel>` (s3 or local); return the URIs."""
+    if is_s3(str(local_dir)):
+        raise ValueError(f"upload_dir needs a local folder, got {local_dir}")
+    sources = list(list_objects(str(local_dir)))
+
+    def copy(info: ObjectInfo) -> str:
+        dest = join(prefix, info.rel)
+        if is_s3(dest):
+            with open(info.uri, "rb") as fh:
+                _put_s3(dest, fh)
+        else:
+            with open(info.uri, "rb") as src, _atomic_local(dest) as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+        return dest
+
+    return _map(copy, sources, parallel=is_s3(prefix))
+
+
+def download_dir(prefix: str, local_dir: str | Path) -> list[Path]:
+    """Mirror of upload_dir: copy every object under `prefix` into `local_dir`; [] if none."""
+    root = Path(local_dir)
+    sources = list(list_objects(prefix, missing_ok=True))
+
+    def fetch(info: ObjectInfo) -> Path:
+        parts = info.rel.split("/")
+        # A key like "../x" must not write outside local_dir.
+        if any(part in ("", ".", "..") for part in parts):
+            raise StorageError(f"refusing to download {info.uri}: unsafe relative key {info.rel!r}")
+        dest = root.joinpath(*parts)
+        with _atomic_local(dest) as dst:
+            if is_s3(info.uri):
+                bucket, key = split_s3(info.uri)
+                with _s3_errors(info.uri):
+                    body = get_client().get_object(Bucket=bucket, Key=key)["Body"]
+                    for chunk in iter(lambda: body.read(_CHUNK), b""):
+                        dst.write(chunk)
+            else:
+                with open(info.uri, "rb") as src:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+        return dest
+
+    return _map(fetch, sources, parallel=is_s3(prefix))
+
+
+def delete(uri: str) -> None:
+    """Delete one object (a no-op when it is already gone).
+
+    Only for a job's own outputs and scratch (e.g. superseded checkpoints): never on inputs.
+    """
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            get_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        _local_path(uri).unlink(missing_ok=True)
+
+
+def delete_prefix(prefix: str) -> int:
+    """Delete every object under `prefix`; return how many were deleted.
+
+    Only for a job's own outputs and scratch space (reruns, cleanup): never call it on inputs.
+    Refuses a whole bucket or a filesystem root, which would never be a job's own folder.
+    """
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        if not key.strip("/"):
+            raise StorageError(f"refusing to delete a whole bucket: {prefix}")
+        return _delete_s3(prefix, bucket)
+    root = _local_path(prefix)
+    if root.resolve() == Path(root.resolve().anchor):
+        raise StorageError(f"refusing to delete a filesystem root: {prefix}")
+    if not root.exists():
+        return 0
+    count = sum(1 for _ in list_objects(str(root)))
+    shutil.rmtree(root)
+    return count
+
+
+def _delete_s3(prefix: str, bucket: str) -> int:
+    client = get_client()
+    _, key_prefix = split_s3(prefix)
+    key_prefix = key_prefix if key_prefix.endswith("/") else key_prefix + "/"
+    paginator = client.get_paginator("list_objects_v2")
+    count = 0
+    with _s3_errors(prefix):
+        # A listing page holds at most 1000 keys, the DeleteObjects limit, so delete page by page.
+        # Directory markers ("folder/" keys) are deleted too, so nothing is left behind.
+        for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if not keys:
+                continue
+            resp = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StorageError(
+                    f"could not delete {len(resp['Errors'])} objects under {prefix}, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
+            count += len(keys)
+    return count
