@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import secrets
 import sys
 import tempfile
 import time
@@ -37,7 +38,8 @@ class TrainingError(RuntimeError):
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    return "run-" + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    # The random suffix keeps two runs started in the same second apart.
+    return "run-" + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def log(message: str) -> None:
@@ -109,12 +111,16 @@ def _check_resume_compatible(run_json: str, cfg: TrainConfig) -> None:
         storage.write_json(run_json, {"config": cfg.to_dict(), "resume_keys": current})
         return
     before = storage.read_json(run_json)["resume_keys"]
-    changed = sorted(k for k in RESUME_KEYS if json.dumps(before.get(k)) != json.dumps(current[k]))
+    changed = sorted(k for k in RESUME_KEYS if _canon(before.get(k)) != _canon(current[k]))
     if changed:
         raise TrainingError(
             f"run {cfg.run_id} was started with different {', '.join(changed)}; "
             "resume with the same settings or use a new --run-id"
         )
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _to_uint8(x: tf.Tensor) -> np.ndarray:
@@ -147,8 +153,11 @@ def _write_png(path: Path, picture: np.ndarray) -> Path:
     return path
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) one training job; returns the JSON-able summary."""
+def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Run (or resume) one training job; returns the JSON-able summary.
+
+    `strategy` defaults to MirroredStrategy over all GPUs when there are several.
+    """
     t_start = time.time()
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
@@ -163,7 +172,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     set_determinism(cfg.seed, cfg.deterministic)
     work = Path(cfg.work_dir or tempfile.mkdtemp(prefix=f"cyclegan-{run_id}-"))
     files = RunFiles(work, run_remote)
-    _check_resume_compatible(storage.join(run_remote, "run.json"), cfg)
 
     # 1. Data: both domains decoded once into uint8 arrays, held-out images kept apart.
     size = cfg.model.image_size
@@ -178,8 +186,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             f"domain {d}: {len(dd.train)} train, {len(dd.test)} held out, {len(dd.skipped)} skipped"
         )
 
+    _check_resume_compatible(storage.join(run_remote, "run.json"), cfg)
+
     # 2. Model, optimizers and the checkpoint (the step counter drives epochs and the LR).
-    strategy = distribution_strategy()
+    strategy = strategy or distribution_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     smallest = min(len(dd.train) for dd in data.values())
@@ -207,8 +217,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step=step_var,
         **extra,
     )
+    files.fetch()  # before the manager, which reads the checkpoint index when it is created
     manager = tf.train.CheckpointManager(ckpt, str(files.ckpt_dir), max_to_keep=2)
-    files.fetch()
     resumed_from = 0
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()

