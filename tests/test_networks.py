@@ -110,3 +110,31 @@ def test_saved_generators_load_in_safe_mode(tmp_path) -> None:
 def test_model_config_rejects_nonsense() -> None:
     with pytest.raises(ConfigError):
         ModelConfig(gen_filters=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batchnorm_matches_keras_batchnorm(dtype: str) -> None:
+    import tensorflow as tf
+
+    from cyclegan_jobs.networks import FusedBatchNorm
+
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (2, 8, 8, 5)).astype("float32"))
+    ours, ref = FusedBatchNorm(dtype=dtype), keras.layers.BatchNormalization(dtype=dtype)
+    ours.build(x.shape), ref.build(x.shape)
+    for layer in (ours, ref):
+        layer.gamma.assign(np.linspace(0.5, 1.5, 5)), layer.beta.assign(np.linspace(-1, 1, 5))
+    grads = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 3)
+        grads.append([y, *tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    tol = 1e-4 if dtype == "float32" else 5e-2
+    for a, b in zip(grads[0], grads[1], strict=True):
+        a, b = np.asarray(a, "float32"), np.asarray(b, "float32")
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+    np.testing.assert_allclose(ours.moving_mean.numpy(), ref.moving_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), ref.moving_variance.numpy(), rtol=1e-4)
+    # Inference uses the moving statistics, exactly as the stock layer.
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
