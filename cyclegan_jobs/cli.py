@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .config import PRECISIONS, PRESETS
+from .config import DIRECTIONS, FORMATS, PRECISIONS, PRESETS, SCOPES
 
 # Exit codes: 0 ok, 1 the job failed (diverged, ...), 2 bad input or configuration.
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -67,6 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reason", default="", help="recorded in the promotion history")
     _add_storage_args(m)
 
+    x = sub.add_parser("translate", help="translate every image under a prefix (batch job)")
+    x.add_argument("--input", required=True, help="s3://bucket/prefix/ or folder of images")
+    x.add_argument("--output", required=True, help="s3://bucket/prefix/ or folder for results")
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-store", help="use the promoted version of this store")
+    src.add_argument("--model", help="a version URI: <store>/versions/<version>")
+    x.add_argument("--direction", default="b2a", choices=DIRECTIONS, help="b2a: photo -> paint")
+    x.add_argument("--batch-size", type=_positive, default=32)
+    x.add_argument("--no-reconstruct", action="store_true", help="skip the cycle back")
+    x.add_argument("--keep-size", action="store_true", help="outputs at the input's size")
+    x.add_argument("--format", default="png", choices=FORMATS)
+    x.add_argument("--precision", default="auto", choices=PRECISIONS)
+    x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")
+    x.add_argument("--scope", default="new", choices=SCOPES, help="new: skip done inputs; all: "
+                   "also redo outputs of other model versions")  # fmt: skip
+    x.add_argument("--limit", type=_positive, default=None, help="at most N images this run")
+    x.add_argument("--dry-run", action="store_true", help="list what would be done; no writes")
+    x.add_argument("--max-failure-rate", type=float, default=0.1)
+    x.add_argument("--max-pixels", type=_positive, default=50_000_000)
+    x.add_argument("--run-id", default=None)
+    x.add_argument("--work-dir", default=None)
+    _add_storage_args(x)
+
     s = sub.add_parser("sample-data", help="write the deterministic sample domains A and B")
     s.add_argument("--out", required=True, help="folder or s3:// prefix")
     s.add_argument("--n-a", type=_positive, default=64)
@@ -75,6 +98,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     _add_storage_args(s)
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4; got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text}")
+    return index, count
+
+
+def _translate(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import TranslateConfig
+    from .translate import translate
+
+    cfg = TranslateConfig(
+        input=args.input,
+        output=args.output,
+        model=args.model or args.model_store,
+        direction=args.direction,
+        batch_size=args.batch_size,
+        reconstruct=not args.no_reconstruct,
+        keep_size=args.keep_size,
+        format=args.format,
+        precision=args.precision,
+        shard=args.shard,
+        scope=args.scope,
+        limit=args.limit,
+        dry_run=args.dry_run,
+        max_failure_rate=args.max_failure_rate,
+        max_pixels=args.max_pixels,
+        run_id=args.run_id,
+        work_dir=args.work_dir,
+    )
+    return translate(cfg)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,8 +198,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """Bad input or configuration (ConfigError and DataError are ValueErrors)."""
     from .registry import RegistryError
     from .storage import StorageError
+    from .translate import TranslateError
 
-    return (ValueError, RegistryError, StorageError)
+    return (ValueError, RegistryError, StorageError, TranslateError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.endpoint_url:
         storage.configure(endpoint_url=args.endpoint_url)
-    handler = {"train": _train, "models": _models, "sample-data": _sample_data}[args.command]
+    handler = {
+        "train": _train,
+        "translate": _translate,
+        "models": _models,
+        "sample-data": _sample_data,
+    }[args.command]
     try:
         result = handler(args)
     except _known_errors() as err:
@@ -160,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cyclegan-jobs {args.command}: failed: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, sort_keys=True, default=str))
+    if args.command == "translate" and result.get("status") == "failed":
+        share, limit = result["failed_share"], result["max_failure_rate"]
+        print(f"cyclegan-jobs translate: failed: {share:.1%} of inputs failed (max {limit:.1%})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return 0
 
 

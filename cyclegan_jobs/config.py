@@ -155,3 +155,53 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Rebuild a ModelConfig from config.json (ignoring keys a newer version may add)."""
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in data.items() if k in names})
+
+
+DIRECTIONS = ("b2a", "a2b")
+FORMATS = ("png", "jpeg")
+SCOPES = ("new", "all")
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """One batch translation job: inputs under a prefix -> stylized + reconstructed outputs."""
+
+    input: str
+    output: str
+    model: str  # a model store (its promoted version is used) or a version URI
+    direction: str = "b2a"  # b2a: photos through generator_BA to paintings, as the seed's demo
+    batch_size: int = 32
+    reconstruct: bool = True
+    keep_size: bool = False
+    format: str = "png"
+    precision: str = "auto"
+    shard: tuple[int, int] = (0, 1)  # (index, count): a stable, disjoint subset of the inputs
+    scope: str = "new"  # new: skip outputs of the same source ETag; all: and the same model
+    limit: int | None = None
+    dry_run: bool = False
+    max_failure_rate: float = 0.1
+    max_pixels: int = 50_000_000
+    workers: int = 16
+    run_id: str | None = None
+    work_dir: str | None = None  # local scratch (manifest, contact sheet copy)
+    contact_sheet_rows: int = 8
+
+    def __post_init__(self) -> None:
+        index, count = self.shard
+        problems = [
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.direction in DIRECTIONS, f"direction must be one of {DIRECTIONS}"),
+            (self.format in FORMATS, f"format must be one of {FORMATS}"),
+            (self.scope in SCOPES, f"scope must be one of {SCOPES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (
+                count >= 1 and 0 <= index < count,
+                f"shard must be I/N with 0 <= I < N: {index}/{count}",
+            ),
+            (self.limit is None or self.limit >= 1, "limit must be >= 1"),
+            (0.0 <= self.max_failure_rate <= 1.0, "max failure rate must be in [0, 1]"),
+            (self.max_pixels >= 1 and self.workers >= 1, "max pixels and workers must be >= 1"),
+        ]
+        bad = [message for ok, message in problems if not ok]
+        if bad:
+            raise ConfigError("; ".join(bad))

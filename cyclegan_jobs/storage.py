@@ -21,6 +21,8 @@ S3_SCHEME = "s3://"
 # Enough parallel transfers to hide S3 latency, matched to the client's connection pool.
 MAX_WORKERS = 16
 # Temporary files of atomic local writes start with this, so listings can skip them.
+# Hidden sidecars holding the metadata of local files (S3 keeps it on the object).
+_META_PREFIX = ".cyclegan-meta."
 _TMP_PREFIX = ".tmp-cyclegan-"
 _CHUNK = 8 * 1024 * 1024
 
@@ -218,7 +220,7 @@ def _walk_sorted(folder: str, rel_base: str) -> Iterator[ObjectInfo]:
         entries = [
             (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
             for e in it
-            if not e.name.startswith(_TMP_PREFIX)
+            if not e.name.startswith((_TMP_PREFIX, _META_PREFIX))
         ]
     for name, entry in sorted(entries, key=lambda pair: pair[0]):
         rel = rel_base + name
@@ -258,7 +260,20 @@ def head(uri: str) -> dict:
     if not path.is_file():
         raise NotFoundError(f"no such object: {uri}")
     stat = path.stat()
-    return {"size": stat.st_size, "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}", "metadata": {}}
+    meta_path = _meta_path(path)
+    try:
+        metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except ValueError:  # a damaged sidecar only means "unknown provenance"
+        metadata = {}
+    return {
+        "size": stat.st_size,
+        "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+        "metadata": metadata,
+    }
+
+
+def _meta_path(path: Path) -> Path:
+    return path.parent / f"{_META_PREFIX}{path.name}.json"
 
 
 def read_bytes(uri: str) -> bytes:
@@ -280,12 +295,22 @@ def write_bytes(
     metadata: dict[str, str] | None = None,
     content_type: str | None = None,
 ) -> None:
-    """Write an object in one PUT, or a local file atomically; `metadata` is ignored locally."""
+    """Write an object in one PUT, or a local file atomically.
+
+    Local files keep `metadata` in a hidden sidecar (`.cyclegan-meta.<name>.json`, never listed),
+    written after the file: a crash in between leaves the old metadata, which reads as stale.
+    """
     if is_s3(uri):
         _put_s3(uri, data, metadata=metadata, content_type=content_type)
         return
     with _atomic_local(uri) as fh:
         fh.write(data)
+    meta_path = _meta_path(_local_path(uri))
+    if metadata:
+        with _atomic_local(meta_path) as fh:
+            fh.write(json.dumps(metadata, sort_keys=True).encode())
+    else:
+        meta_path.unlink(missing_ok=True)
 
 
 def _put_s3(
