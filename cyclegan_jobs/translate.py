@@ -34,6 +34,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 # Object metadata keys (x-amz-meta-*) stored with every output.
 META_SOURCE_KEY, META_SOURCE_ETAG = "source-key", "source-etag"
 META_MODEL, META_DIRECTION = "model-version", "direction"
+UP_TO_DATE = "up to date"
 
 
 class TranslateError(RuntimeError):
@@ -91,12 +92,14 @@ class Manifest:
         self._file = path.open("w", encoding="utf-8")
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.up_to_date = 0  # skipped because an earlier run already translated them
 
     def add(self, key: str, status: str, reason: str = "", **extra: Any) -> None:
         line = json.dumps({"key": key, "status": status, "reason": reason, **extra})
         with self._lock:
             self._file.write(line + "\n")
             self.counts[status] += 1
+            self.up_to_date += reason == UP_TO_DATE
 
     def close(self) -> None:
         self._file.close()
@@ -220,7 +223,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
             item.status, item.reason = "skipped", "not an image file extension"
             return item
         if _up_to_date(targets(info.rel), info.etag, version, cfg):
-            item.status, item.reason = "skipped", "up to date"
+            item.status, item.reason = "skipped", UP_TO_DATE
             return item
         if cfg.dry_run:
             item.status, item.reason = "pending", "would be translated"
@@ -339,7 +342,9 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     work_s = time.time() - t_work
     counts = manifest.counts
     ok, failed = counts.get("ok", 0), counts.get("failed", 0)
-    failed_share = failed / (ok + failed) if ok + failed else 0.0
+    # The share of image inputs that failed, counting those an earlier run already did.
+    images_seen = ok + failed + manifest.up_to_date
+    failed_share = failed / images_seen if images_seen else 0.0
     summary: dict[str, Any] = {
         "run_id": run_id,
         "status": "failed" if failed_share > cfg.max_failure_rate else "ok",

@@ -1,0 +1,331 @@
+"""The batch translation job against a real S3 server (SeaweedFS), local folders and moto."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from botocore.awsrequest import AWSResponse
+from PIL import Image
+
+from cyclegan_jobs import images, registry, storage
+from cyclegan_jobs.cli import main
+from cyclegan_jobs.config import ConfigError, TrainConfig, TranslateConfig, preset
+from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
+from cyclegan_jobs.train import train
+from cyclegan_jobs.translate import TranslateError, shard_of, translate, unsafe_reason
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A promoted tiny model trained for a few dozen steps (a real, if weak, model)."""
+    root = tmp_path_factory.mktemp("translate_models")
+    data = write_sample_domains(str(root / "data"), n_a=16, n_b=16, size=SIZE, seed=5)
+    model_cfg, loss_cfg = preset("tiny", SIZE)
+    cfg = TrainConfig(
+        domain_a=data["domain_a"],
+        domain_b=data["domain_b"],
+        model_store=str(root / "store"),
+        model=model_cfg,
+        loss=loss_cfg,
+        epochs=4,
+        steps_per_epoch=10,
+        precision="float32",
+        log_every=10,
+        checkpoint_every=100,
+        sample_every=100,
+        promote=True,
+    )
+    train(cfg)
+    return str(root / "store")
+
+
+def _jpeg(picture: np.ndarray, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def _put_faces(prefix: str, n: int, seed: int = 0, size: int = 40) -> list[str]:
+    faces = synthetic_faces(n, size, seed=seed)
+    rels = [f"people/face_{i:03d}.jpg" for i in range(n)]
+    for rel, face in zip(rels, faces, strict=True):
+        storage.write_bytes(storage.join(prefix, rel), _jpeg(face))
+    return rels
+
+
+def _cfg(inp: str, out: str, store: str, **changes) -> TranslateConfig:
+    return TranslateConfig(input=inp, output=out, model=store, batch_size=4, **changes)
+
+
+def _outputs(out: str) -> dict[str, list[str]]:
+    found = {"stylized": [], "reconstructed": [], "_runs": []}
+    for info in storage.list_objects(out):
+        found[info.rel.split("/", 1)[0]].append(info.rel.split("/", 1)[1])
+    return found
+
+
+def _manifest(summary: dict) -> list[dict]:
+    text = storage.read_bytes(summary["manifest"]).decode()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:  # noqa: ANN001
+    inp, out = f"{s3_bucket}/in", f"{s3_bucket}/out"
+    rels = _put_faces(inp, 10)
+    summary = translate(_cfg(inp, out, model_store))
+    assert summary["counts"] == {"total": 10, "ok": 10, "skipped": 0, "failed": 0, "pending": 0}
+    found = _outputs(out)
+    expected = sorted(r.replace(".jpg", ".png") for r in rels)
+    assert sorted(found["stylized"]) == expected and sorted(found["reconstructed"]) == expected
+    version = registry.promoted(model_store)["version"]
+    assert summary["model_version"] == version
+    head = storage.head(f"{out}/stylized/people/face_003.png")
+    source = storage.head(f"{inp}/people/face_003.jpg")
+    assert head["metadata"] == {
+        "source-key": "people/face_003.jpg",
+        "source-etag": source["etag"],
+        "model-version": version,
+        "direction": "b2a",
+    }
+    picture = images.decode_image(storage.read_bytes(f"{out}/stylized/people/face_003.png"))
+    assert picture.shape == (SIZE, SIZE, 3)
+    # The manifest and the summary agree, and the summary was written after everything else.
+    lines = _manifest(summary)
+    assert sorted(line["key"] for line in lines) == sorted(rels)
+    assert all(line["status"] == "ok" for line in lines)
+    stored = storage.read_json(summary["summary"])
+    assert stored["counts"] == summary["counts"] and stored["run_id"] == summary["run_id"]
+    sheet = images.decode_image(storage.read_bytes(summary["contact_sheet"]))
+    assert sheet.shape[0] > sheet.shape[1]  # 8 rows of input | stylized | reconstruction
+    assert Path(summary["contact_sheet_local"]).is_file()
+
+
+def test_rerun_skips_changed_input_redone_new_model_with_scope_all(model_store, tmp_path) -> None:  # noqa: ANN001
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _put_faces(inp, 6)
+    first = translate(_cfg(inp, out, model_store))
+    assert first["counts"]["ok"] == 6
+    again = translate(_cfg(inp, out, model_store))
+    assert again["counts"]["skipped"] == 6 and again["counts"]["ok"] == 0
+    assert again["precision"] is None  # nothing to do: the model was never loaded
+
+    time.sleep(0.01)  # a new mtime, so a new local ETag
+    storage.write_bytes(f"{inp}/people/face_002.jpg", _jpeg(synthetic_faces(1, 40, seed=99)[0]))
+    changed = translate(_cfg(inp, out, model_store))
+    assert changed["counts"]["ok"] == 1 and changed["counts"]["skipped"] == 5
+    assert [r["key"] for r in _manifest(changed) if r["status"] == "ok"] == ["people/face_002.jpg"]
+
+    # A second version: --scope new keeps the old outputs, --scope all redoes them.
+    version = registry.promoted(model_store)["version"]
+    copy = tmp_path / "v2"
+    storage.download_dir(registry.version_uri(model_store, version), copy)
+    (copy / "VERSION.json").unlink()
+    registry.write_version(model_store, "v-second", copy)
+    v2 = registry.version_uri(model_store, "v-second")
+    assert translate(_cfg(inp, out, v2))["counts"]["skipped"] == 6
+    redone = translate(_cfg(inp, out, v2, scope="all"))
+    assert redone["counts"]["ok"] == 6
+    meta = storage.head(f"{out}/stylized/people/face_000.png")["metadata"]
+    assert meta["model-version"] == "v-second"
+
+
+def test_shards_are_disjoint_and_cover_everything(model_store, tmp_path) -> None:  # noqa: ANN001
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    rels = _put_faces(inp, 12)
+    done: list[str] = []
+    for index in range(3):
+        summary = translate(_cfg(inp, out, model_store, shard=(index, 3)))
+        keys = [r["key"] for r in _manifest(summary) if r["status"] == "ok"]
+        assert all(shard_of(k, 3) == index for k in keys)
+        done += keys
+    assert sorted(done) == sorted(rels)  # no key twice, none missing
+
+
+def test_dry_run_counts_and_writes_nothing(model_store, tmp_path) -> None:  # noqa: ANN001
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _put_faces(inp, 5)
+    summary = translate(_cfg(inp, out, model_store, dry_run=True))
+    assert summary["counts"]["pending"] == 5 and summary["counts"]["ok"] == 0
+    assert summary["precision"] is None and not Path(out).exists()
+    limited = translate(_cfg(inp, out, model_store, limit=2))
+    assert limited["counts"]["ok"] == 2
+
+
+def _bad_inputs() -> dict[str, tuple[bytes, str]]:
+    good = _jpeg(synthetic_faces(1, 40, seed=1)[0])
+    ppm = b"P6\n4 4\n255\n" + bytes(48)
+    return {
+        "not_image.jpg": (b"this is not an image", "not an image"),
+        "truncated.jpg": (good[: len(good) // 2], "truncated"),
+        "empty.png": (b"", "empty file"),
+        "unsupported.bmp": (ppm, "unsupported format"),
+        "huge.jpg": (_jpeg(np.zeros((300, 300, 3), np.uint8)), "too many pixels"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_bad_inputs()))
+def test_each_bad_input_fails_alone_with_a_reason(name, model_store, tmp_path) -> None:  # noqa: ANN001
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    data, reason = _bad_inputs()[name]
+    storage.write_bytes(f"{inp}/{name}", data)
+    _put_faces(inp, 2)
+    summary = translate(_cfg(inp, out, model_store, max_pixels=50_000, max_failure_rate=0.5))
+    assert summary["counts"]["ok"] == 2 and summary["counts"]["failed"] == 1
+    failed = [r for r in _manifest(summary) if r["status"] == "failed"]
+    assert [r["key"] for r in failed] == [name] and reason in failed[0]["reason"]
+    assert summary["status"] == "ok"  # 1 of 3 under a 50 % threshold
+
+
+def test_mixed_bucket_threshold_and_exit_code(model_store, s3_bucket, capsys) -> None:  # noqa: ANN001
+    inp, out = f"{s3_bucket}/mixed", f"{s3_bucket}/mixed-out"
+    _put_faces(inp, 4)
+    for name, (data, _) in _bad_inputs().items():
+        storage.write_bytes(f"{inp}/{name}", data)
+    storage.write_bytes(f"{inp}/notes.txt", b"not for us")
+    args = ["translate", "--input", inp, "--output", out, "--model-store", model_store]
+    args += ["--batch-size", "4", "--max-pixels", "50000"]
+    # 4 ok, 5 failed: 56 % > 10 % -> exit 1, but every valid image came out.
+    assert main(args) == 1
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["counts"]["ok"] == 4 and summary["counts"]["failed"] == 5
+    assert summary["counts"]["skipped"] == 1  # notes.txt
+    assert len(_outputs(out)["stylized"]) == 4
+    assert main([*args, "--max-failure-rate", "0.7", "--scope", "all"]) == 0
+
+
+def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path) -> None:  # noqa: ANN001
+    inp, out = f"{moto_s3}/in", tmp_path / "out"
+    _put_faces(inp, 1)
+    storage.write_bytes(f"{inp}/a/../../../escape.jpg", _jpeg(synthetic_faces(1, 40, seed=2)[0]))
+    summary = translate(_cfg(inp, str(out), model_store))
+    assert summary["counts"]["ok"] == 1 and summary["counts"]["failed"] == 1
+    failed = [r for r in _manifest(summary) if r["status"] == "failed"]
+    assert failed[0]["key"] == "a/../../../escape.jpg" and "unsafe key" in failed[0]["reason"]
+    assert not list(tmp_path.glob("*escape*")) and not list(tmp_path.rglob("escape.png"))
+    for key in ("/abs.jpg", "a//b.jpg", "a\\b.jpg", "ok/./x.jpg", "tab\there.jpg"):
+        assert unsafe_reason(key), key
+    assert unsafe_reason("people/ünïcode name.jpg") is None
+
+
+def test_systemic_errors_before_any_work(model_store, s3_bucket, tmp_path, capsys) -> None:  # noqa: ANN001
+    out = str(tmp_path / "out")
+    with pytest.raises(TranslateError, match="no promoted version"):
+        translate(_cfg(str(tmp_path), out, str(tmp_path / "empty-store")))
+    with pytest.raises(TranslateError, match="does not exist|NoSuchBucket"):
+        translate(_cfg("s3://no-such-bucket-here/in", out, model_store))
+    with pytest.raises(TranslateError, match="no such folder"):
+        translate(_cfg(str(tmp_path / "missing"), out, model_store))
+    with pytest.raises(ConfigError, match="batch size"):
+        TranslateConfig(input="a", output="b", model="c", batch_size=0)
+    args = ["translate", "--input", "gs://x/y", "--output", out, "--model-store", model_store]
+    assert main(args) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def _flaky(client: object, rate: float, seed: int) -> list[str]:
+    """Fail a share of all S3 requests with 503 SlowDown / ServiceUnavailable (moto answers the
+    rest); botocore's retries must absorb them."""
+    rng = random.Random(seed)
+    seen: list[str] = []
+
+    class Raw:
+        def __init__(self, body: bytes) -> None:
+            self._body = body
+
+        def stream(self, *args: object, **kwargs: object) -> list[bytes]:
+            return [self._body]
+
+    def before_send(request: object, **kwargs: object) -> AWSResponse | None:
+        seen.append("request")
+        if rng.random() >= rate:
+            return None
+        code = rng.choice(["SlowDown", "ServiceUnavailable"])
+        seen.append(code)
+        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+        return AWSResponse(request.url, 503, {}, Raw(body))  # type: ignore[attr-defined]
+
+    client.meta.events.register_first("before-send.s3.*", before_send)  # type: ignore[attr-defined]
+    return seen
+
+
+def test_transient_s3_faults_lose_no_image(model_store, moto_s3) -> None:  # noqa: ANN001
+    inp, out = f"{moto_s3}/in", f"{moto_s3}/out"
+    rels = _put_faces(inp, 12)
+    seen = _flaky(storage.get_client(), rate=0.15, seed=7)
+    summary = translate(_cfg(inp, out, model_store))
+    injected = sum(1 for s in seen if s != "request")
+    assert injected >= 0.1 * seen.count("request") and injected > 5
+    assert summary["counts"]["ok"] == 12 and summary["counts"]["failed"] == 0
+    assert sorted(_outputs(out)["reconstructed"]) == sorted(r[:-4] + ".png" for r in rels)
+
+
+def test_kill_9_then_rerun_leaves_exactly_one_output_each(model_store, s3_server, s3_bucket):  # noqa: ANN001
+    inp, out = f"{s3_bucket}/many", f"{s3_bucket}/many-out"
+    rels = _put_faces(inp, 240, size=SIZE)
+    args = [sys.executable, "-m", "cyclegan_jobs.cli", "translate", "--input", inp]
+    args += ["--output", out, "--model-store", model_store, "--batch-size", "1"]
+    args += ["--endpoint-url", s3_server.endpoint_url]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_outputs(out)["stylized"]) < 8:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    partial = _outputs(out)
+    assert 8 <= len(partial["stylized"]) < 240, "the kill came too late to test anything"
+    assert not any(k.endswith("summary.json") for k in partial["_runs"])  # visibly incomplete
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    final = _outputs(out)
+    expected = sorted(r[:-4] + ".png" for r in rels)
+    assert sorted(final["stylized"]) == expected and sorted(final["reconstructed"]) == expected
+    assert summary["counts"]["ok"] + summary["counts"]["skipped"] == 240
+
+
+def test_keep_size_and_odd_inputs_come_out_upright_rgb(model_store, tmp_path) -> None:  # noqa: ANN001
+    inp, out = tmp_path / "in", str(tmp_path / "out")
+    inp.mkdir()
+    Image.new("L", (50, 30), 128).save(inp / "gray.png")
+    Image.new("RGBA", (36, 20), (255, 0, 0, 0)).save(inp / "alpha.png")
+    rotated = Image.new("RGB", (40, 24), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: 40x24 stored -> 24x40 upright
+    rotated.save(inp / "exif.jpg", exif=exif.tobytes())
+    summary = translate(_cfg(str(inp), out, model_store, keep_size=True))
+    assert summary["counts"]["ok"] == 3
+    for name, (h, w) in {"gray": (30, 50), "alpha": (20, 36), "exif": (40, 24)}.items():
+        for kind in ("stylized", "reconstructed"):
+            picture = Image.open(Path(out) / kind / f"{name}.png")
+            assert picture.mode == "RGB" and picture.size == (w, h), (name, kind)
+
+
+def test_bfloat16_matches_float32(model_store, tmp_path) -> None:  # noqa: ANN001
+    inp = str(tmp_path / "in")
+    _put_faces(inp, 8, size=SIZE)
+    outs = {}
+    for precision in ("float32", "bfloat16"):
+        out = str(tmp_path / precision)
+        translate(_cfg(inp, out, model_store, precision=precision))
+        outs[precision] = np.stack(
+            [
+                np.asarray(Image.open(p), np.float64)
+                for p in sorted(Path(out, "stylized").rglob("*.png"))
+            ]
+        )
+    mse = np.mean((outs["float32"] - outs["bfloat16"]) ** 2)
+    psnr = 10 * np.log10(255**2 / max(mse, 1e-12))
+    assert psnr >= 30, f"PSNR {psnr:.1f} dB"
