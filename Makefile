@@ -5,9 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The local default: everything under var/ (git-ignored).
-DATA ?= var/data
-STORE ?= var/models
 
 .PHONY: install run test lint format bench clean
 
@@ -20,15 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# Train the tiny preset on generated sample data into a local model store and promote it.
+# The local default, end to end: a local S3 server (SeaweedFS, data in var/s3, git-ignored),
+# sample faces in its input bucket, the tiny preset trained and promoted, the batch translation.
+# Run again, it skips what is already done. See cyclegan_jobs/local_default.py.
 run: install
-	$(BIN)/cyclegan-jobs sample-data --out $(DATA) --n-a 64 --n-b 64 --size 64
-	$(BIN)/cyclegan-jobs train --preset tiny --image-size 64 --epochs 3 \
-		--domain-a $(DATA)/domain_a --domain-b $(DATA)/domain_b --model-store $(STORE) \
-		--sample-every 40 --checkpoint-every 40 --promote | tee var/last_train.json
-	@$(BIN)/python -c "import json; s = json.loads(open('var/last_train.json').read().splitlines()[-1]); \
-	print('\nmodel version :', s['version_uri']); print('sample grid   :', s['samples']); \
-	print('loss curve    :', s['loss_curve']); print('promoted      :', s['promoted'])"
+	$(BIN)/python -m cyclegan_jobs.local_default
 
 lint: install
 	$(BIN)/ruff check .

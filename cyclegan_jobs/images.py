@@ -143,10 +143,11 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize((width, height), Image.Resampling.BICUBIC))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Encode a uint8 H x W x 3 (or H x W) array as PNG."""
+def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode a uint8 H x W x 3 (or H x W) array as PNG (lossless at any compress level;
+    level 1 encodes about twice as fast as the default 6 for ~15 % larger files)."""
     buffer = io.BytesIO()
-    Image.fromarray(_check_uint8(image)).save(buffer, format="PNG")
+    Image.fromarray(_check_uint8(image)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

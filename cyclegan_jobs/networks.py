@@ -32,28 +32,32 @@ class FusedBatchNorm(layers.BatchNormalization):
     """Keras BatchNormalization whose training pass runs TF's fused kernel.
 
     Same weights, same maths (batch statistics in training, moving averages updated with the
-    biased variance, as Keras does), but one fused op and its fused gradient instead of Keras'
-    separate moments/normalize ops: the training step is markedly faster on CPU (see
-    benchmarks/train_step.py). Inference, masks and 5-D inputs use the stock implementation.
+    biased variance, as Keras does; moving statistics in inference), but one fused op (and its
+    fused gradient) instead of Keras' separate moments/normalize ops and float32 round trips:
+    training and inference are markedly faster on CPU (benchmarks/). Masks and inputs that are
+    not 4-D channels-last use the stock implementation.
     """
 
     def call(self, inputs, training=None, mask=None):  # noqa: ANN001
-        if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4:
+        if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
-        if self.axis not in (-1, 3) or not (self.center and self.scale) or self.renorm:
+        if not (self.center and self.scale) or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, self.compute_dtype)  # float32, or bfloat16/float16 under mixed
+        batch_stats = bool(training and self.trainable)
         y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=x,
             scale=tf.cast(self.gamma, tf.float32),
             offset=tf.cast(self.beta, tf.float32),
-            mean=tf.constant([], tf.float32),
-            variance=tf.constant([], tf.float32),
+            mean=tf.constant([], tf.float32) if batch_stats else self.moving_mean,
+            variance=tf.constant([], tf.float32) if batch_stats else self.moving_variance,
             epsilon=self.epsilon,
             exponential_avg_factor=1.0,
             data_format="NHWC",
-            is_training=True,
+            is_training=batch_stats,
         )
+        if not batch_stats:  # inference: the moving statistics, in the same single kernel
+            return y
         # The fused op reports the unbiased (Bessel-corrected) variance; Keras tracks the biased.
         n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
         variance = variance * (n - 1.0) / tf.maximum(n, 1.0)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -247,7 +248,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         return item
 
     in_flight: dict[int, Item] = {}
-    state = {"ready": 0, "listed": 0, "last_log": time.time(), "model_s": 0.0}
+    state = {"ready": 0, "listed": 0, "last_log": time.time(), "model_s": 0.0, "load_s": 0.0}
 
     def ready_items() -> Iterator[tuple[int, np.ndarray]]:
         todo = (
@@ -283,7 +284,10 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         }
         if cfg.keep_size:
             outs = [images.resize(o, item.original_hw) for o in outs]
-        encode = images.encode_png if cfg.format == "png" else images.encode_jpeg
+        # Fast PNG compression: encoding competes with the model for the same CPU cores.
+        encode = partial(images.encode_png, compress_level=1)
+        if cfg.format == "jpeg":
+            encode = images.encode_jpeg
         content_type = "image/png" if cfg.format == "png" else "image/jpeg"
         written = {}
         try:
@@ -318,13 +322,16 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         with ThreadPoolExecutor(cfg.workers, thread_name_prefix="put") as put_pool:
             pending: set[Future] = set()
             for idx_batch, batch in dataset:
+                t = time.time()
                 if translator is None:  # only when there is work: a no-op rerun loads nothing
                     translator = Translator(
                         version_uri, model_cfg, cfg.direction, cfg.precision, cfg.reconstruct
                     )
-                t = time.time()
-                outs = translator(batch)
-                state["model_s"] += time.time() - t
+                    outs = translator(batch)  # the first call also compiles
+                    state["load_s"] = time.time() - t
+                else:
+                    outs = translator(batch)
+                    state["model_s"] += time.time() - t
                 for i, idx in enumerate(idx_batch.numpy()):
                     pending.add(put_pool.submit(write, int(idx), [o[i] for o in outs]))
                 if len(pending) > 2 * cfg.batch_size:  # keep encoded-but-unwritten work bounded
@@ -365,12 +372,14 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         },
         "failed_share": round(failed_share, 4),
         "max_failure_rate": cfg.max_failure_rate,
-        "images_per_sec": round(ok / work_s, 3) if ok and work_s > 0 else 0.0,
+        # Throughput once the model is loaded and compiled: what thousands of images see.
+        "images_per_sec": round(ok / max(work_s - state["load_s"], 1e-9), 3) if ok else 0.0,
         "timings": {
             "work_s": round(work_s, 3),
+            "load_s": round(state["load_s"], 3),
             "model_s": round(state["model_s"], 3),
             "total_s": round(time.time() - t0, 3),
-        },  # fmt: skip
+        },
         "stylized": stylized_root,
         "reconstructed": recon_root if cfg.reconstruct else None,
     }

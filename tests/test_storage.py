@@ -80,7 +80,7 @@ def test_is_s3() -> None:
 def test_local_round_trip(tmp_path: Path) -> None:
     uri = str(tmp_path / "new" / "dir" / "x.bin")
     assert not storage.exists(uri)
-    storage.write_bytes(uri, b"hello", metadata={"ignored": "locally"})
+    storage.write_bytes(uri, b"hello", metadata={"source-etag": "abc"})
     assert storage.read_bytes(uri) == b"hello"
     assert storage.exists(uri)
     info = storage.head(uri)
@@ -88,8 +88,12 @@ def test_local_round_trip(tmp_path: Path) -> None:
     assert info == {
         "size": 5,
         "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
-        "metadata": {},
+        "metadata": {"source-etag": "abc"},  # kept in a hidden sidecar
     }
+    # The sidecar never shows up in listings, and a rewrite without metadata drops it.
+    assert [o.rel for o in storage.list_objects(str(tmp_path / "new"))] == ["dir/x.bin"]
+    storage.write_bytes(uri, b"hello again")
+    assert storage.head(uri)["metadata"] == {}
 
     storage.write_json(str(tmp_path / "o.json"), {"b": 1, "a": [1, 2]})
     assert storage.read_json(str(tmp_path / "o.json")) == {"a": [1, 2], "b": 1}
