@@ -329,3 +329,32 @@ def test_bfloat16_matches_float32(model_store, tmp_path) -> None:  # noqa: ANN00
     mse = np.mean((outs["float32"] - outs["bfloat16"]) ** 2)
     psnr = 10 * np.log10(255**2 / max(mse, 1e-12))
     assert psnr >= 30, f"PSNR {psnr:.1f} dB"
+
+
+MIRRORED = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cyclegan_jobs import registry, storage
+from cyclegan_jobs.config import model_config_from_dict
+from cyclegan_jobs.translate import Translator
+uri = registry.resolve(sys.argv[1])
+cfg = model_config_from_dict(storage.read_json(storage.join(uri, "config.json"))["model"])
+batch = np.random.default_rng(0).integers(0, 256, (5, cfg.image_size, cfg.image_size, 3), np.uint8)
+one = Translator(uri, cfg, "b2a", "float32", True)(batch)
+two = Translator(uri, cfg, "b2a", "float32", True,
+                 strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))(batch)
+assert [o.shape for o in two] == [(5, cfg.image_size, cfg.image_size, 3)] * 2
+assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(one, two))
+print("same")
+"""
+
+
+def test_mirrored_inference_splits_batches_across_devices(model_store) -> None:  # noqa: ANN001
+    # No GPUs here: two logical CPU devices take the same replica code path (5 = 3 + 2 images).
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED, model_store], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-3000:]
