@@ -83,7 +83,9 @@ def _manifest(summary: dict) -> list[dict]:
 def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:  # noqa: ANN001
     inp, out = f"{s3_bucket}/in", f"{s3_bucket}/out"
     rels = _put_faces(inp, 10)
+    before = {o.rel: (o.etag, o.size) for o in storage.list_objects(inp)}
     summary = translate(_cfg(inp, out, model_store))
+    assert {o.rel: (o.etag, o.size) for o in storage.list_objects(inp)} == before  # untouched
     assert summary["counts"] == {"total": 10, "ok": 10, "skipped": 0, "failed": 0, "pending": 0}
     found = _outputs(out)
     expected = sorted(r.replace(".jpg", ".png") for r in rels)
@@ -218,7 +220,7 @@ def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path
     assert unsafe_reason("people/ünïcode name.jpg") is None
 
 
-def test_systemic_errors_before_any_work(model_store, s3_bucket, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_systemic_errors_before_any_work(model_store, s3_server, s3_bucket, tmp_path, capsys):  # noqa: ANN001
     out = str(tmp_path / "out")
     with pytest.raises(TranslateError, match="no promoted version"):
         translate(_cfg(str(tmp_path), out, str(tmp_path / "empty-store")))
@@ -226,6 +228,20 @@ def test_systemic_errors_before_any_work(model_store, s3_bucket, tmp_path, capsy
         translate(_cfg("s3://no-such-bucket-here/in", out, model_store))
     with pytest.raises(TranslateError, match="no such folder"):
         translate(_cfg(str(tmp_path / "missing"), out, model_store))
+    import boto3
+    from botocore.config import Config
+
+    intruder = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id="wrong",
+        aws_secret_access_key="wrong-secret",
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
+    storage.configure(client=intruder)
+    with pytest.raises(TranslateError, match="access denied"):
+        translate(_cfg(f"{s3_bucket}/in", out, model_store))
+    storage.configure(endpoint_url=s3_server.endpoint_url)
     with pytest.raises(ConfigError, match="batch size"):
         TranslateConfig(input="a", output="b", model="c", batch_size=0)
     args = ["translate", "--input", "gs://x/y", "--output", out, "--model-store", model_store]
