@@ -191,17 +191,31 @@ def test_resume_with_other_settings_is_refused(sample, tmp_path) -> None:  # noq
         train(dataclasses.replace(cfg, batch_size=2))
 
 
-def test_short_run_lowers_the_cycle_loss(sample, tmp_path) -> None:  # noqa: ANN001
-    # 600 steps at 32 px: about half a minute on 2 cores.
-    cfg = _cfg(sample, str(tmp_path / "store"), steps_per_epoch=150, epochs=4, log_every=75)
+def test_short_run_lowers_the_cycle_loss(tmp_path) -> None:  # noqa: ANN001
+    # make run's setting in small: 600 steps at 64 px on the sample data, under a minute.
+    data = write_sample_domains(str(tmp_path / "data"), n_a=64, n_b=64, size=64, seed=0)
+    model_cfg, loss_cfg = preset("tiny", 64)
+    cfg = TrainConfig(
+        domain_a=data["domain_a"],
+        domain_b=data["domain_b"],
+        model_store=str(tmp_path / "store"),
+        model=model_cfg,
+        loss=loss_cfg,
+        steps_per_epoch=150,
+        epochs=4,
+        log_every=75,
+        checkpoint_every=1000,
+        sample_every=1000,
+    )
     summary = train(cfg)
     rows = [
         json.loads(line)
         for line in Path(summary["version_uri"], "history.jsonl").read_text().splitlines()
     ]
-    first, last = rows[0]["cycle_loss"], rows[-1]["cycle_loss"]
     assert len(rows) == 8
-    assert last < 0.85 * first, [round(r["cycle_loss"], 4) for r in rows]
+    curve = [round(r["cycle_loss"], 4) for r in rows]
+    # Means of the first and the last quarter of the run (interval means are noisy).
+    assert np.mean(curve[-2:]) < 0.8 * np.mean(curve[:2]), curve
 
 
 MIRRORED = """
