@@ -90,6 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--work-dir", default=None)
     _add_storage_args(x)
 
+    e = sub.add_parser("evaluate", help="metrics of a model version on held-out images")
+    e.add_argument("--model", required=True, help="a version URI: <store>/versions/<version>")
+    e.add_argument("--domain-a", required=True)
+    e.add_argument("--domain-b", required=True)
+    e.add_argument("--limit", type=_positive, default=None, help="images per domain")
+    e.add_argument("--holdout", type=float, default=0.3)
+    e.add_argument(
+        "--paired-b-to-a",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="ground-truth style for B->A, e.g. cyclegan_jobs.sample_data:paint",
+    )
+    e.add_argument("--write", action="store_true", help="store <version>/evaluation.json")
+    _add_storage_args(e)
+
+    g = sub.add_parser("gate", help="may this candidate replace the promoted version?")
+    g.add_argument("--candidate", required=True, help="a version URI")
+    g.add_argument("--model-store", required=True)
+    g.add_argument("--domain-a", default=None, help="default: the candidate's training data")
+    g.add_argument("--domain-b", default=None)
+    g.add_argument("--limit", type=_positive, default=None)
+    g.add_argument("--min-cycle-psnr", type=float, default=15.0)
+    g.add_argument("--psnr-tolerance", type=float, default=1.0)
+    g.add_argument("--swd-tolerance", type=float, default=0.10)
+    g.add_argument("--promote", action="store_true", help="promote when the gate passes")
+    _add_storage_args(g)
+
     s = sub.add_parser("sample-data", help="write the deterministic sample domains A and B")
     s.add_argument("--out", required=True, help="folder or s3:// prefix")
     s.add_argument("--n-a", type=_positive, default=64)
@@ -134,6 +161,35 @@ def _translate(args: argparse.Namespace) -> dict[str, Any]:
         work_dir=args.work_dir,
     )
     return translate(cfg)
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluate import evaluate
+
+    return evaluate(
+        args.model,
+        args.domain_a,
+        args.domain_b,
+        limit=args.limit,
+        holdout=args.holdout,
+        paired_b_to_a=args.paired_b_to_a,
+        write=args.write,
+    )
+
+
+def _gate(args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluate import Thresholds, gate
+
+    thresholds = Thresholds(args.min_cycle_psnr, args.psnr_tolerance, args.swd_tolerance)
+    return gate(
+        args.candidate,
+        args.model_store,
+        thresholds=thresholds,
+        domain_a=args.domain_a,
+        domain_b=args.domain_b,
+        limit=args.limit,
+        promote=args.promote,
+    )
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "train": _train,
         "translate": _translate,
+        "evaluate": _evaluate,
+        "gate": _gate,
         "models": _models,
         "sample-data": _sample_data,
     }[args.command]
@@ -225,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cyclegan-jobs {args.command}: failed: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, sort_keys=True, default=str))
+    if args.command == "gate" and not result["passed"]:
+        print(f"cyclegan-jobs gate: refused: {'; '.join(result['reasons'])}", file=sys.stderr)
+        return EXIT_FAILED
     if args.command == "translate" and result.get("status") == "failed":
         share, limit = result["failed_share"], result["max_failure_rate"]
         print(f"cyclegan-jobs translate: failed: {share:.1%} of inputs failed (max {limit:.1%})",

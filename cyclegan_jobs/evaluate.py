@@ -1,0 +1,252 @@
+"""Model evaluation on held-out images (cycle, identity, distribution) and the quality gate."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from . import datasets, metrics, registry, storage
+from .config import model_config_from_dict
+
+BATCH = 32
+
+
+def load_style(spec: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A style function from `module:function` or `path/to/file.py:function` (uint8 in/out)."""
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ValueError(f"style must be MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
+    if target.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location("cyclegan_style", target)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"cannot load style file {target}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"{spec}: no function {name!r} in {target}")
+    return fn
+
+
+def _translate_all(net, images: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a keras.Model
+    """uint8 images through a generator in batches -> float [-1, 1] outputs."""
+    outs = [
+        np.asarray(net(images[i : i + BATCH].astype(np.float32) / 127.5 - 1.0, training=False))
+        for i in range(0, len(images), BATCH)
+    ]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    # Non-finite outputs stay visible: NaN is kept as float so the metrics report it as such.
+    if not np.all(np.isfinite(x)):
+        return (x + 1.0) * 127.5
+    return np.round(np.clip((x + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+
+
+def evaluate(
+    version_uri: str,
+    domain_a: str,
+    domain_b: str,
+    *,
+    limit: int | None = None,
+    holdout: float = 0.3,
+    paired_b_to_a: str | None = None,
+    write: bool = False,
+) -> dict[str, Any]:
+    """Metrics of one model version on the held-out images of both domains.
+
+    cycle:    PSNR / SSIM of x vs F(G(x)) per domain (higher is better);
+    identity: PSNR of G(y) vs y for images already in G's target domain;
+    swd:      sliced Wasserstein distance (x1e3) of translated vs real target images, and the
+              same for the untranslated inputs (what a do-nothing generator would score);
+    color:    colour-histogram distance, translated and untranslated;
+    paired:   PSNR / SSIM of G_BA(b) vs style(b) when a ground-truth style is given.
+    Non-finite values are reported as null and listed under "non_finite".
+    """
+    from .model import load_generators
+
+    config = storage.read_json(storage.join(version_uri, "config.json"))
+    size = model_config_from_dict(config["model"]).image_size
+    held = {}
+    for d, uri in (("a", domain_a), ("b", domain_b)):
+        data = datasets.load_domain(uri, size, domain=d, holdout=holdout, limit=limit)
+        held[d] = data.test if len(data.test) else data.train  # holdout 0: all we have
+    gens = load_generators(version_uri)
+    a, b = held["a"], held["b"]
+    fake_b = _translate_all(gens["generator_AB"], a)
+    fake_a = _translate_all(gens["generator_BA"], b)
+    rec_a = _to_uint8(_translate_all(gens["generator_BA"], _to_uint8(fake_b)))
+    rec_b = _to_uint8(_translate_all(gens["generator_AB"], _to_uint8(fake_a)))
+    id_a = _to_uint8(_translate_all(gens["generator_BA"], a))
+    id_b = _to_uint8(_translate_all(gens["generator_AB"], b))
+    fake_a, fake_b = _to_uint8(fake_a), _to_uint8(fake_b)
+
+    result: dict[str, Any] = {
+        "version": PurePosixPath(version_uri.rstrip("/")).name,
+        "image_size": size,
+        "images": {"a": len(a), "b": len(b)},
+        "cycle": {
+            "a": {"psnr": metrics.psnr(a, rec_a), "ssim": _ssim(a, rec_a)},
+            "b": {"psnr": metrics.psnr(b, rec_b), "ssim": _ssim(b, rec_b)},
+        },
+        "identity": {"a": metrics.psnr(a, id_a), "b": metrics.psnr(b, id_b)},
+        "swd": {
+            "a2b": _swd(fake_b, b),
+            "b2a": _swd(fake_a, a),
+            "a2b_untranslated": _swd(a, b),
+            "b2a_untranslated": _swd(b, a),
+        },
+        "color": {
+            "a2b": _color(fake_b, b),
+            "b2a": _color(fake_a, a),
+            "a2b_untranslated": _color(a, b),
+            "b2a_untranslated": _color(b, a),
+        },
+        "paired": None,
+    }
+    if paired_b_to_a:
+        truth = np.asarray(load_style(paired_b_to_a)(b), dtype=np.uint8)
+        result["paired"] = {
+            "style": paired_b_to_a,
+            "psnr": metrics.psnr(fake_a, truth),
+            "ssim": _ssim(fake_a, truth),
+            "psnr_do_nothing": metrics.psnr(b, truth),
+        }
+    result["cycle_psnr"] = _mean(result["cycle"]["a"]["psnr"], result["cycle"]["b"]["psnr"])
+    result["swd_mean"] = _mean(result["swd"]["a2b"], result["swd"]["b2a"])
+    result, result["non_finite"] = _finite(result)
+    if write:
+        storage.write_json(storage.join(version_uri, "evaluation.json"), result)
+    return result
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    # SSIM needs 11 px; smaller test images have no SSIM rather than a wrong one.
+    return metrics.ssim(a, b) if min(a.shape[1:3]) >= metrics.SSIM_WINDOW else float("nan")
+
+
+def _swd(x: np.ndarray, y: np.ndarray) -> float:
+    return metrics.swd(x, y, seed=0)["mean"]
+
+
+def _color(x: np.ndarray, y: np.ndarray) -> float:
+    return metrics.color_histogram_distance(x, y)
+
+
+def _mean(*values: float | None) -> float:
+    vals = [float("nan") if v is None else v for v in values]
+    return float(np.mean(vals))
+
+
+def _finite(tree: Any, path: str = "") -> tuple[Any, list[str]]:
+    """Replace NaN/inf floats by None (JSON null) and list where they were."""
+    bad: list[str] = []
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out[k], sub = _finite(v, f"{path}.{k}" if path else k)
+            bad += sub
+        return out, bad
+    if isinstance(tree, float | np.floating):
+        value = metrics.finite_or_none(float(tree))
+        return value, ([path] if value is None else [])
+    return tree, bad
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The gate's rules (see README, "The quality gate")."""
+
+    min_cycle_psnr: float = 15.0  # dB, absolute floor on mean cycle PSNR of both domains
+    psnr_tolerance: float = 1.0  # dB the candidate may lose against the promoted version
+    swd_tolerance: float = 0.10  # relative SWD increase allowed against the promoted version
+
+
+def gate(
+    candidate_uri: str,
+    model_store: str,
+    *,
+    thresholds: Thresholds | None = None,
+    domain_a: str | None = None,
+    domain_b: str | None = None,
+    limit: int | None = None,
+    promote: bool = False,
+) -> dict[str, Any]:
+    """Decide whether a candidate may replace the promoted version; record the decision.
+
+    Both versions are evaluated on the same held-out images (by default the candidate's training
+    data split). The decision, its reasons and the metrics go to `<candidate>/gate.json`.
+    """
+    thresholds = thresholds or Thresholds()
+    config = storage.read_json(storage.join(candidate_uri, "config.json"))
+    train_cfg = config.get("train", {})
+    domain_a = domain_a or train_cfg.get("domain_a")
+    domain_b = domain_b or train_cfg.get("domain_b")
+    if not domain_a or not domain_b:
+        raise ValueError("no evaluation data: pass --domain-a and --domain-b")
+    holdout = float(train_cfg.get("holdout", 0.3))
+    cand = evaluate(candidate_uri, domain_a, domain_b, limit=limit, holdout=holdout, write=True)
+
+    reasons: list[str] = []
+    if cand["non_finite"]:
+        reasons.append(f"non-finite metrics: {', '.join(cand['non_finite'])}")
+    psnr = cand["cycle_psnr"]
+    if psnr is not None and psnr < thresholds.min_cycle_psnr:
+        reasons.append(f"cycle PSNR {psnr:.2f} dB < floor {thresholds.min_cycle_psnr} dB")
+
+    current = registry.promoted(model_store)
+    baseline = None
+    candidate_name = cand["version"]
+    if current and current["version"] != candidate_name and not cand["non_finite"]:
+        base_uri = registry.version_uri(model_store, current["version"])
+        baseline = evaluate(base_uri, domain_a, domain_b, limit=limit, holdout=holdout)
+        reasons += _compare(cand, baseline, thresholds)
+
+    decision = {
+        "candidate": candidate_name,
+        "passed": not reasons,
+        "reasons": reasons,
+        "thresholds": asdict(thresholds),
+        "compared_with": baseline["version"] if baseline else None,
+        "candidate_metrics": {"cycle_psnr": cand["cycle_psnr"], "swd_mean": cand["swd_mean"]},
+        "promoted_metrics": (
+            {"cycle_psnr": baseline["cycle_psnr"], "swd_mean": baseline["swd_mean"]}
+            if baseline
+            else None
+        ),
+        "data": {"domain_a": domain_a, "domain_b": domain_b, "images": cand["images"]},
+        "decided_at": datetime.now(UTC).isoformat(),
+        "promoted": False,
+    }
+    if decision["passed"] and promote:
+        registry.promote(model_store, candidate_name, reason="passed the quality gate")
+        decision["promoted"] = True
+    storage.write_json(storage.join(candidate_uri, "gate.json"), decision)
+    return decision
+
+
+def _compare(cand: dict, base: dict, t: Thresholds) -> list[str]:
+    reasons = []
+    c_psnr, b_psnr = cand["cycle_psnr"], base["cycle_psnr"]
+    if b_psnr is not None and c_psnr is not None and c_psnr < b_psnr - t.psnr_tolerance:
+        reasons.append(
+            f"cycle PSNR {c_psnr:.2f} dB is worse than the promoted {base['version']}'s "
+            f"{b_psnr:.2f} dB by more than {t.psnr_tolerance} dB"
+        )
+    c_swd, b_swd = cand["swd_mean"], base["swd_mean"]
+    if b_swd is not None and c_swd is not None and c_swd > b_swd * (1 + t.swd_tolerance):
+        reasons.append(
+            f"sliced Wasserstein distance {c_swd:.1f} is worse than the promoted "
+            f"{base['version']}'s {b_swd:.1f} by more than {t.swd_tolerance:.0%}"
+        )
+    return reasons

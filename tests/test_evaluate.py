@@ -1,0 +1,153 @@
+"""Evaluation metrics of real (tiny) models and the quality gate's decisions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclegan_jobs import registry, storage
+from cyclegan_jobs.cli import main
+from cyclegan_jobs.config import TrainConfig, preset
+from cyclegan_jobs.evaluate import Thresholds, evaluate, gate, load_style
+from cyclegan_jobs.networks import build_generator
+from cyclegan_jobs.sample_data import write_sample_domains
+from cyclegan_jobs.train import train
+
+SIZE = 64
+PAINT = "cyclegan_jobs.sample_data:paint"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Sample data, a model trained for 600 steps, and versions that do nothing or emit NaN."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_sample_domains(str(root / "data"), n_a=48, n_b=48, size=SIZE, seed=0)
+    model_cfg, loss_cfg = preset("tiny", SIZE)
+    store = str(root / "store")
+    trained = train(
+        TrainConfig(
+            domain_a=data["domain_a"],
+            domain_b=data["domain_b"],
+            model_store=store,
+            model=model_cfg,
+            loss=loss_cfg,
+            steps_per_epoch=150,
+            epochs=4,
+            log_every=150,
+            checkpoint_every=1000,
+            sample_every=1000,
+        )
+    )
+    config = {"model": asdict(model_cfg), "train": {"domain_a": data["domain_a"],
+              "domain_b": data["domain_b"], "holdout": 0.3}}  # fmt: skip
+
+    def version(name: str, poison: bool = False) -> str:
+        folder = root / name
+        folder.mkdir()
+        for net_name in ("generator_AB", "generator_BA"):
+            net = build_generator(model_cfg, name=net_name)  # fresh init: learned nothing
+            if poison:
+                net.set_weights([np.full_like(w, np.nan) for w in net.get_weights()])
+            net.save(folder / f"{net_name}.keras")
+        (folder / "config.json").write_text(json.dumps(config))
+        return registry.write_version(store, name, folder)
+
+    return {
+        "data": data,
+        "store": store,
+        "trained": trained["version_uri"],
+        "untrained": version("v-untrained"),
+        "nan": version("v-nan", poison=True),
+    }
+
+
+def test_trained_model_beats_doing_nothing(world: dict) -> None:
+    data = world["data"]
+    good = evaluate(world["trained"], data["domain_a"], data["domain_b"], paired_b_to_a=PAINT)
+    bad = evaluate(world["untrained"], data["domain_a"], data["domain_b"], paired_b_to_a=PAINT)
+    assert good["non_finite"] == [] and bad["non_finite"] == []
+    assert good["images"]["a"] > 5 and good["images"]["b"] > 5  # held-out images only
+    assert good["cycle_psnr"] > bad["cycle_psnr"] + 1.0
+    # Distribution match: the trained B->A outputs are closer to real paintings than the photos.
+    assert good["swd"]["b2a"] < good["swd"]["b2a_untranslated"]
+    assert good["swd"]["b2a"] < bad["swd"]["b2a"]
+    assert good["paired"]["psnr"] > bad["paired"]["psnr"]
+    assert 0 < good["color"]["b2a"] < 1
+
+
+def test_non_finite_outputs_are_reported_as_such(world: dict, tmp_path: Path) -> None:
+    data = world["data"]
+    result = evaluate(world["nan"], data["domain_a"], data["domain_b"], write=True)
+    assert result["cycle_psnr"] is None and "cycle.a.psnr" in result["non_finite"]
+    stored = storage.read_json(storage.join(world["nan"], "evaluation.json"))
+    assert stored["cycle"]["a"]["psnr"] is None  # JSON null, never NaN
+
+
+def test_gate_decisions(world: dict) -> None:
+    store = world["store"]
+    lenient = Thresholds(min_cycle_psnr=5.0)
+    # NaN candidate: refused, nothing promoted.
+    nan = gate(world["nan"], store, thresholds=lenient, promote=True)
+    assert not nan["passed"] and "non-finite" in nan["reasons"][0]
+    assert registry.promoted(store) is None
+    # First candidate: judged on the floor only.
+    floor = gate(world["untrained"], store, thresholds=Thresholds(min_cycle_psnr=60.0))
+    assert not floor["passed"] and "floor 60.0 dB" in floor["reasons"][0]
+    first = gate(world["untrained"], store, thresholds=lenient, promote=True)
+    assert first["passed"] and first["compared_with"] is None and first["promoted"]
+    # A better candidate passes and is promoted.
+    better = gate(world["trained"], store, thresholds=lenient, promote=True)
+    assert better["passed"] and better["compared_with"] == "v-untrained"
+    trained_name = registry.promoted(store)["version"]
+    assert world["trained"].endswith(trained_name)
+    # A worse one is refused with the reason, and the promoted version stays.
+    worse = gate(world["untrained"], store, thresholds=lenient, promote=True)
+    assert not worse["passed"] and any("worse than the promoted" in r for r in worse["reasons"])
+    assert registry.promoted(store)["version"] == trained_name
+    # Every decision is recorded with the candidate.
+    recorded = storage.read_json(storage.join(world["untrained"], "gate.json"))
+    assert recorded["passed"] is False and recorded["reasons"] == worse["reasons"]
+
+
+def test_evaluate_and_gate_on_s3(world: dict, s3_bucket: str, capsys) -> None:  # noqa: ANN001
+    store = f"{s3_bucket}/models"
+    local = Path(world["trained"])
+    registry.write_version(store, "v-s3", _without_marker(local))
+    data = write_sample_domains(f"{s3_bucket}/data", n_a=16, n_b=16, size=SIZE, seed=4)
+    vuri = registry.version_uri(store, "v-s3")
+    args = ["evaluate", "--model", vuri, "--domain-a", data["domain_a"]]
+    args += ["--domain-b", data["domain_b"], "--write"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["version"] == "v-s3" and result["cycle_psnr"] > 10
+    assert storage.exists(storage.join(vuri, "evaluation.json"))
+    args = ["gate", "--candidate", vuri, "--model-store", store, "--min-cycle-psnr", "99"]
+    args += ["--domain-a", data["domain_a"], "--domain-b", data["domain_b"]]
+    assert main(args) == 1  # refused: exit code tells the decision
+    assert "refused" in capsys.readouterr().err
+    assert main([*args[:-6], "--min-cycle-psnr", "5", "--promote", *args[-4:]]) == 0
+    assert registry.promoted(store)["version"] == "v-s3"
+
+
+def _without_marker(version_dir: Path) -> Path:
+    """A copy of a local version's files minus VERSION.json, ready to be written elsewhere."""
+    import shutil
+
+    copy = version_dir.parent / f"{version_dir.name}-copy"
+    if not copy.exists():
+        shutil.copytree(version_dir, copy)
+        (copy / "VERSION.json").unlink()
+    return copy
+
+
+def test_load_style_from_module_and_file(tmp_path: Path) -> None:
+    assert load_style(PAINT).__name__ == "paint"
+    (tmp_path / "mystyle.py").write_text("def invert(x):\n    return 255 - x\n")
+    fn = load_style(f"{tmp_path / 'mystyle.py'}:invert")
+    assert fn(np.zeros((1, 2, 2, 3), np.uint8)).max() == 255
+    with pytest.raises(ValueError, match="no function"):
+        load_style("cyclegan_jobs.sample_data:nope")
