@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=_positive, default=200)
     t.add_argument("--log-every", type=_positive, default=10)
     t.add_argument("--stop-after", type=_positive, default=None, help="steps, then checkpoint")
+    t.add_argument("--max-minutes", type=float, default=None, help="time budget, then finish")
     t.add_argument("--limit", type=_positive, default=None, help="max training images per domain")
     t.add_argument("--holdout", type=float, default=0.3, help="held-out share (seed: 0.3)")
     t.add_argument("--jitter", action="store_true", help="random resize-crop-flip (paper)")
@@ -222,6 +223,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         sample_every=args.sample_every,
         log_every=args.log_every,
         stop_after=args.stop_after,
+        max_minutes=args.max_minutes,
         promote=args.promote,
     )
     return train(cfg)

@@ -86,6 +86,7 @@ class TrainConfig:
     sample_every: int = 200
     log_every: int = 10
     stop_after: int | None = None  # stop (with a checkpoint, no version) after this many steps
+    max_minutes: float | None = None  # time budget: then finish (write the version) early
     promote: bool = False  # promote the new version right away (before a quality gate exists)
 
     def __post_init__(self) -> None:
@@ -98,6 +99,7 @@ class TrainConfig:
             "log every": self.log_every >= 1,
             "steps per epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
             "stop after": self.stop_after is None or self.stop_after >= 1,
+            "max minutes": self.max_minutes is None or self.max_minutes > 0,
             "limit": self.limit is None or self.limit >= 1,
             "holdout": 0.0 <= self.holdout < 1.0,
         }

@@ -303,6 +303,9 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
                 )
             if step % cfg.sample_every == 0:
                 save_samples(step)
+            out_of_time = bool(cfg.max_minutes) and time.time() - t_loop > 60 * cfg.max_minutes
+            if out_of_time:  # the time budget ends training here: this step is the last
+                stop_at = total_steps = step
             if step % cfg.checkpoint_every == 0 or step == stop_at:
                 writer.flush()
                 files.push_checkpoint(manager.save(checkpoint_number=step))
@@ -372,6 +375,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
         "version_uri": version_uri,
         "promoted": cfg.promote,
         "steps": step,
+        "stopped_by_time_budget": bool(cfg.max_minutes) and step < cfg.epochs * steps_per_epoch,
         "resumed_from": resumed_from,
         "precision": precision,
         "images_per_sec": round(throughput, 3),

@@ -251,3 +251,12 @@ def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:  # noqa: 
     assert summary["status"] == "finished" and summary["steps"] == 3
     assert "2 replica(s)" in proc.stderr and "batch 2" in proc.stderr
     assert np.isfinite(summary["final_losses"]["g_loss"])
+
+
+def test_time_budget_finishes_early_with_a_version(sample, tmp_path) -> None:  # noqa: ANN001
+    # A budget of 0.6 s is spent by the first step (it includes compiling the step).
+    cfg = _cfg(sample, str(tmp_path / "store"), epochs=50, steps_per_epoch=10, max_minutes=0.01)
+    summary = train(cfg)
+    assert summary["status"] == "finished" and summary["stopped_by_time_budget"] is True
+    assert 1 <= summary["steps"] < 500
+    assert registry.list_versions(str(tmp_path / "store"))[0]["version"] == summary["version"]
