@@ -126,7 +126,6 @@ class CycleGAN(keras.Model):
         loss_cfg: LossConfig,
         *,
         precision: str = "float32",
-        batch_size: int = 1,
         seed: int = 0,
     ):
         super().__init__(name="cyclegan")

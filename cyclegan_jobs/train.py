@@ -198,9 +198,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
     steps_per_epoch = cfg.steps_per_epoch or smallest // global_batch
     total_steps = cfg.epochs * steps_per_epoch
     with strategy.scope():
-        cg = CycleGAN(
-            cfg.model, cfg.loss, precision=precision, batch_size=cfg.batch_size, seed=cfg.seed
-        )
+        cg = CycleGAN(cfg.model, cfg.loss, precision=precision, seed=cfg.seed)
         cg.compile(
             make_optimizer(cfg.loss, total_steps, precision, "g_optimizer"),
             make_optimizer(cfg.loss, total_steps, precision, "d_optimizer"),
