@@ -294,6 +294,8 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
                     for k in LOSS_CURVES:
                         tf.summary.scalar(k, row[k])
                 eta = (stop_at - step) * 2 * global_batch / max(rate, 1e-9)
+                if cfg.max_minutes:  # the time budget may end the run first
+                    eta = min(eta, max(0.0, 60 * cfg.max_minutes - (now - t_loop)))
                 log(
                     f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total_steps} "
                     f"d={row['d_loss']:.3f} g={row['g_loss']:.3f} cycle={row['cycle_loss']:.4f} "
