@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="training images per domain")
     p.add_argument("--held-out", type=int, default=64)
     p.add_argument("--out", default="var/quality")
+    p.add_argument("--identity-weight", type=float, default=None, help="override the preset's")
+    p.add_argument("--learning-rate", type=float, default=None, help="override the preset's")
     args = p.parse_args()
 
     style = load_style(args.style)
@@ -52,6 +55,8 @@ def main() -> None:
         for name, arr in (("a", painted_a), ("b", faces_b), ("held_a", held_a), ("held_b", held_b))
     }
     model_cfg, loss_cfg = preset(args.preset, size)
+    overrides = {"identity_weight": args.identity_weight, "learning_rate": args.learning_rate}
+    loss_cfg = replace(loss_cfg, **{k: v for k, v in overrides.items() if v is not None})
     summary = train(
         TrainConfig(
             domain_a=uris["a"],
@@ -84,6 +89,7 @@ def main() -> None:
     report = {
         "style": args.style,
         "preset": args.preset,
+        "loss": asdict(loss_cfg),
         "image_size": size,
         "minutes": args.minutes,
         "steps": summary["steps"],
