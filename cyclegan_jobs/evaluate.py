@@ -14,6 +14,7 @@ import numpy as np
 
 from . import datasets, metrics, registry, storage
 from .config import model_config_from_dict
+from .images import to_uint8, to_unit
 
 BATCH = 32
 
@@ -40,7 +41,7 @@ def load_style(spec: str) -> Callable[[np.ndarray], np.ndarray]:
 def _translate_all(net, images: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a keras.Model
     """uint8 images through a generator in batches -> float [-1, 1] outputs."""
     outs = [
-        np.asarray(net(images[i : i + BATCH].astype(np.float32) / 127.5 - 1.0, training=False))
+        np.asarray(net(to_unit(images[i : i + BATCH]), training=False))
         for i in range(0, len(images), BATCH)
     ]
     return np.concatenate(outs).astype(np.float32)
@@ -48,9 +49,7 @@ def _translate_all(net, images: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a k
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     # Non-finite outputs stay visible: NaN is kept as float so the metrics report it as such.
-    if not np.all(np.isfinite(x)):
-        return (x + 1.0) * 127.5
-    return np.round(np.clip((x + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+    return (x + 1.0) * 127.5 if not np.all(np.isfinite(x)) else to_uint8(x)
 
 
 def evaluate(

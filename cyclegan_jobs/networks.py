@@ -67,18 +67,23 @@ class FusedBatchNorm(layers.BatchNormalization):
         return y
 
 
-def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):  # noqa: ANN001 - keras tensors
-    """Conv2D stride 2 with LeakyReLU (inside the conv, as the seed), no bias, then BatchNorm."""
-    x = layers.Conv2D(
+def _strided_conv(conv: type[layers.Layer], x, filters: int, size: int, name: str, dtype):  # noqa: ANN001
+    # The seed's pix2pix-style convs: stride 2, 'same' padding, no bias, N(0, 0.02) init.
+    return conv(
         filters,
         size,
         strides=2,
         padding="same",
         use_bias=False,
         kernel_initializer=_init(),
-        name=f"{name}_conv",
+        name=name,
         dtype=dtype,
     )(x)
+
+
+def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):  # noqa: ANN001 - keras tensors
+    """Conv2D stride 2 with LeakyReLU (inside the conv, as the seed), no bias, then BatchNorm."""
+    x = _strided_conv(layers.Conv2D, x, filters, size, f"{name}_conv", dtype)
     x = layers.LeakyReLU(SEED_LEAKY_SLOPE, name=f"{name}_lrelu", dtype=dtype)(x)
     if batchnorm:
         x = FusedBatchNorm(name=f"{name}_bn", dtype=dtype)(x)
@@ -87,16 +92,7 @@ def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: 
 
 def upsample(x, filters: int, size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
     """Conv2DTranspose stride 2 with ReLU (inside the conv), no bias, then BatchNorm."""
-    x = layers.Conv2DTranspose(
-        filters,
-        size,
-        strides=2,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_init(),
-        name=f"{name}_convT",
-        dtype=dtype,
-    )(x)
+    x = _strided_conv(layers.Conv2DTranspose, x, filters, size, f"{name}_convT", dtype)
     x = layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
     return FusedBatchNorm(name=f"{name}_bn", dtype=dtype)(x)
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.cli import main
-from cyclegan_jobs.config import TrainConfig, preset
+from cyclegan_jobs.config import preset
 from cyclegan_jobs.evaluate import Thresholds, evaluate, gate, load_style
 from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import write_sample_domains
@@ -28,20 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = write_sample_domains(str(root / "data"), n_a=48, n_b=48, size=SIZE, seed=0)
     model_cfg, loss_cfg = preset("tiny", SIZE)
     store = str(root / "store")
-    trained = train(
-        TrainConfig(
-            domain_a=data["domain_a"],
-            domain_b=data["domain_b"],
-            model_store=store,
-            model=model_cfg,
-            loss=loss_cfg,
-            steps_per_epoch=150,
-            epochs=4,
-            log_every=150,
-            checkpoint_every=1000,
-            sample_every=1000,
-        )
-    )
+    trained = train(tiny_config(data, store, SIZE, steps_per_epoch=150, epochs=4, log_every=150))
     config = {"model": asdict(model_cfg), "train": {"domain_a": data["domain_a"],
               "domain_b": data["domain_b"], "holdout": 0.3}}  # fmt: skip
 

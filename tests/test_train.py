@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import tiny_config
 
 from cyclegan_jobs import losses, registry, storage
 from cyclegan_jobs.config import TrainConfig, preset
@@ -30,19 +31,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _cfg(sample: dict, store: str, **changes) -> TrainConfig:
-    model_cfg, loss_cfg = preset("tiny", SIZE)
-    base = dict(
-        domain_a=sample["domain_a"],
-        domain_b=sample["domain_b"],
-        model_store=store,
-        model=model_cfg,
-        loss=loss_cfg,
-        precision="float32",
-        log_every=2,
-        checkpoint_every=3,
-        sample_every=1000,
-    )
-    return TrainConfig(**{**base, **changes})
+    """This module's short runs: float32, frequent logs and checkpoints."""
+    base = dict(precision="float32", log_every=2, checkpoint_every=3)
+    return tiny_config(sample, store, SIZE, **{**base, **changes})
 
 
 def _weights(version_uri: str, tmp: Path) -> dict[str, np.ndarray]:
@@ -194,18 +185,8 @@ def test_resume_with_other_settings_is_refused(sample, tmp_path) -> None:  # noq
 def test_short_run_lowers_the_cycle_loss(tmp_path) -> None:  # noqa: ANN001
     # make run's setting in small: 600 steps at 64 px on the sample data, under a minute.
     data = write_sample_domains(str(tmp_path / "data"), n_a=64, n_b=64, size=64, seed=0)
-    model_cfg, loss_cfg = preset("tiny", 64)
-    cfg = TrainConfig(
-        domain_a=data["domain_a"],
-        domain_b=data["domain_b"],
-        model_store=str(tmp_path / "store"),
-        model=model_cfg,
-        loss=loss_cfg,
-        steps_per_epoch=150,
-        epochs=4,
-        log_every=75,
-        checkpoint_every=1000,
-        sample_every=1000,
+    cfg = tiny_config(
+        data, str(tmp_path / "store"), 64, steps_per_epoch=150, epochs=4, log_every=75
     )
     summary = train(cfg)
     rows = [

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
+from helpers import tiny_config
 from PIL import Image
 
 from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
-from cyclegan_jobs.config import ConfigError, TrainConfig, TranslateConfig, preset
+from cyclegan_jobs.config import ConfigError, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
 from cyclegan_jobs.train import train
 from cyclegan_jobs.translate import TranslateError, shard_of, translate, unsafe_reason
@@ -31,21 +32,10 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A promoted tiny model trained for a few dozen steps (a real, if weak, model)."""
     root = tmp_path_factory.mktemp("translate_models")
     data = write_sample_domains(str(root / "data"), n_a=16, n_b=16, size=SIZE, seed=5)
-    model_cfg, loss_cfg = preset("tiny", SIZE)
-    cfg = TrainConfig(
-        domain_a=data["domain_a"],
-        domain_b=data["domain_b"],
-        model_store=str(root / "store"),
-        model=model_cfg,
-        loss=loss_cfg,
-        epochs=4,
-        steps_per_epoch=10,
-        precision="float32",
-        log_every=10,
-        checkpoint_every=100,
-        sample_every=100,
-        promote=True,
-    )
+    cfg = tiny_config(
+        data, str(root / "store"), SIZE, epochs=4, steps_per_epoch=10, precision="float32",
+        log_every=10, promote=True,
+    )  # fmt: skip
     train(cfg)
     return str(root / "store")
 
