@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.awsrequest import AWSResponse
+
 from cyclegan_jobs.config import TrainConfig, preset
 
 
@@ -24,3 +26,19 @@ def tiny_config(domains: dict, store: str, size: int, **changes: Any) -> TrainCo
         "sample_every": 1000,
     }
     return TrainConfig(**{**base, **changes})
+
+
+def s3_error(request: Any, status: int, code: str) -> AWSResponse:
+    """An S3 error answer for a botocore `before-send` hook (fault injection without a server)."""
+    body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+    return AWSResponse(request.url, status, {}, _RawBody(body))
+
+
+class _RawBody:
+    """The minimal urllib3-like raw response botocore reads an AWSResponse body from."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, *args: object, **kwargs: object) -> list[bytes]:
+        return [self._body]

@@ -27,7 +27,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Sample data, a model trained for 600 steps, and versions that do nothing or emit NaN."""
     root = tmp_path_factory.mktemp("evaluate")
     data = write_sample_domains(str(root / "data"), n_a=48, n_b=48, size=SIZE, seed=0)
-    model_cfg, loss_cfg = preset("tiny", SIZE)
+    model_cfg, _ = preset("tiny", SIZE)
     store = str(root / "store")
     trained = train(tiny_config(data, store, SIZE, steps_per_epoch=150, epochs=4, log_every=150))
     config = {"model": asdict(model_cfg), "train": {"domain_a": data["domain_a"],

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from helpers import s3_error
 
 from cyclegan_jobs import storage
 
@@ -346,23 +347,11 @@ def _inject_errors(client: object, responses: list[tuple[int, str]]) -> list[str
             return None
         status, code = pending.pop(0)
         seen.append(code)
-        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-        raw = _RawBody(body)
-        return AWSResponse(request.url, status, {}, raw)  # type: ignore[attr-defined]
+        return s3_error(request, status, code)
 
     # register_first: run before moto's own before-send hook, which would answer otherwise.
     client.meta.events.register_first("before-send.s3.*", before_send)  # type: ignore[attr-defined]
     return seen
-
-
-class _RawBody:
-    """The minimal urllib3-like raw response botocore reads an AWSResponse body from."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, *args: object, **kwargs: object) -> list[bytes]:
-        return [self._body]
 
 
 TRANSIENT = [(503, "SlowDown"), (503, "ServiceUnavailable"), (500, "InternalError")]

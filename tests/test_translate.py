@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
-from helpers import tiny_config
+from helpers import s3_error, tiny_config
 from PIL import Image
 
 from cyclegan_jobs import images, registry, storage
@@ -246,21 +246,13 @@ def _flaky(client: object, rate: float, seed: int) -> list[str]:
     rng = random.Random(seed)
     seen: list[str] = []
 
-    class Raw:
-        def __init__(self, body: bytes) -> None:
-            self._body = body
-
-        def stream(self, *args: object, **kwargs: object) -> list[bytes]:
-            return [self._body]
-
     def before_send(request: object, **kwargs: object) -> AWSResponse | None:
         seen.append("request")
         if rng.random() >= rate:
             return None
         code = rng.choice(["SlowDown", "ServiceUnavailable"])
         seen.append(code)
-        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-        return AWSResponse(request.url, 503, {}, Raw(body))  # type: ignore[attr-defined]
+        return s3_error(request, 503, code)
 
     client.meta.events.register_first("before-send.s3.*", before_send)  # type: ignore[attr-defined]
     return seen
