@@ -20,6 +20,12 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="S3 endpoint (MinIO, SeaweedFS); default: AWS_ENDPOINT_URL or AWS itself",
     )
+    p.add_argument(
+        "--result-file",
+        default=os.environ.get("CYCLEGAN_RESULT_FILE") or None,
+        help="also write the JSON result here (default: $CYCLEGAN_RESULT_FILE; in a pod "
+        "/airflow/xcom/return.json, which Airflow turns into the task's XCom)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -84,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--scope", default="new", choices=SCOPES, help="new: skip done inputs; all: "
                    "also redo outputs of other model versions")  # fmt: skip
     x.add_argument("--limit", type=_positive, default=None, help="at most N images this run")
+    x.add_argument("--keys", default=None, help="a shard file from `plan`: translate only these")
     x.add_argument("--dry-run", action="store_true", help="list what would be done; no writes")
     x.add_argument("--max-failure-rate", type=float, default=0.1)
     x.add_argument("--max-pixels", type=_positive, default=50_000_000)
@@ -116,7 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--psnr-tolerance", type=float, default=1.0)
     g.add_argument("--swd-tolerance", type=float, default=0.10)
     g.add_argument("--promote", action="store_true", help="promote when the gate passes")
+    g.add_argument("--exit-zero", action="store_true", help="exit 0 when refused (report only)")
     _add_storage_args(g)
+
+    pl = sub.add_parser("plan", help="cut what a translate run would do into shard files")
+    pl.add_argument("--input", required=True)
+    pl.add_argument("--output", required=True)
+    pl.add_argument("--model", required=True, help="a model store or a version URI")
+    pl.add_argument("--direction", default="b2a", choices=DIRECTIONS)
+    pl.add_argument("--scope", default="new", choices=SCOPES)
+    pl.add_argument("--format", default="png", choices=FORMATS)
+    pl.add_argument("--shard-size", type=_positive, default=500)
+    pl.add_argument("--run-id", default=None)
+    _add_storage_args(pl)
+
+    mg = sub.add_parser("merge", help="merge a planned run's shard manifests into its summary")
+    mg.add_argument("--output", required=True)
+    mg.add_argument("--run-id", required=True)
+    mg.add_argument("--shard-run-id", action="append", default=[], help="repeat per shard")
+    mg.add_argument("--max-failure-rate", type=float, default=0.1)
+    _add_storage_args(mg)
+
+    nd = sub.add_parser("new-data", help="count source images new since the promoted version")
+    nd.add_argument("--domain-b", required=True)
+    nd.add_argument("--model-store", required=True)
+    _add_storage_args(nd)
 
     s = sub.add_parser("sample-data", help="write the deterministic sample domains A and B")
     s.add_argument("--out", required=True, help="folder or s3:// prefix")
@@ -155,6 +186,7 @@ def _translate(args: argparse.Namespace) -> dict[str, Any]:
         shard=args.shard,
         scope=args.scope,
         limit=args.limit,
+        keys=args.keys,
         dry_run=args.dry_run,
         max_failure_rate=args.max_failure_rate,
         max_pixels=args.max_pixels,
@@ -191,6 +223,38 @@ def _gate(args: argparse.Namespace) -> dict[str, Any]:
         limit=args.limit,
         promote=args.promote,
     )
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import TranslateConfig
+    from .translate import plan_shards
+
+    cfg = TranslateConfig(
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        direction=args.direction,
+        scope=args.scope,
+        format=args.format,
+        run_id=args.run_id,
+    )
+    return plan_shards(cfg, args.shard_size)
+
+
+def _merge(args: argparse.Namespace) -> dict[str, Any]:
+    from .translate import merge_runs
+
+    if not 0.0 <= args.max_failure_rate <= 1.0:
+        raise ValueError("max failure rate must be in [0, 1]")
+    return merge_runs(
+        args.output, args.run_id, args.shard_run_id, max_failure_rate=args.max_failure_rate
+    )
+
+
+def _new_data(args: argparse.Namespace) -> dict[str, Any]:
+    from .datasets import new_data
+
+    return new_data(args.domain_b, args.model_store)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,7 +325,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, RegistryError, StorageError, TranslateError)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> tuple[int, Any]:
+    """Run one command in this process: (exit code, result). Errors are printed, not raised."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise in job logs
     from . import storage
@@ -275,25 +340,34 @@ def main(argv: list[str] | None = None) -> int:
         "gate": _gate,
         "models": _models,
         "sample-data": _sample_data,
+        "plan": _plan,
+        "merge": _merge,
+        "new-data": _new_data,
     }[args.command]
     try:
         result = handler(args)
     except _known_errors() as err:
         print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, None
     except RuntimeError as err:  # TrainingError and other job failures
         print(f"cyclegan-jobs {args.command}: failed: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, None
     print(json.dumps(result, sort_keys=True, default=str))
+    if args.result_file:
+        storage.write_bytes(args.result_file, json.dumps(result, default=str).encode("utf-8"))
     if args.command == "gate" and not result["passed"]:
         print(f"cyclegan-jobs gate: refused: {'; '.join(result['reasons'])}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.command == "translate" and result.get("status") == "failed":
+        return (0 if args.exit_zero else EXIT_FAILED), result
+    if args.command in ("translate", "merge") and result.get("status") == "failed":
         share, limit = result["failed_share"], result["max_failure_rate"]
-        print(f"cyclegan-jobs translate: failed: {share:.1%} of inputs failed (max {limit:.1%})",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED
-    return 0
+        print(f"cyclegan-jobs {args.command}: failed: {share:.1%} of inputs failed "
+              f"(max {limit:.1%})", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED, result
+    return 0, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)[0]
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ class TranslateConfig:
     shard: tuple[int, int] = (0, 1)  # (index, count): a stable, disjoint subset of the inputs
     scope: str = "new"  # new: skip outputs of the same source ETag; all: and the same model
     limit: int | None = None
+    keys: str | None = None  # a shard file (plan_shards) naming the inputs, instead of listing
     dry_run: bool = False
     max_failure_rate: float = 0.1
     max_pixels: int = 50_000_000

@@ -7,7 +7,7 @@ import io
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -328,3 +328,42 @@ def training_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(order)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def source_snapshot(uri: str) -> list[dict]:
+    """[{"key", "etag"}] of a domain's source objects, from a listing (nothing is downloaded)."""
+    if uri.startswith(TFDS_SCHEME):
+        return []  # a tfds split changes only with its version, which training records
+    try:
+        if uri.lower().endswith(".npy"):
+            return [{"key": uri.rstrip("/").rsplit("/", 1)[-1], "etag": storage.head(uri)["etag"]}]
+        objects = storage.list_objects(uri, suffixes=IMAGE_SUFFIXES)
+        return [{"key": obj.rel, "etag": obj.etag} for obj in objects]
+    except storage.StorageError as err:
+        raise DataError(f"cannot list {uri}: {err}") from err
+
+
+def new_data(uri: str, model_store: str, *, domain: str = "b") -> dict[str, Any]:
+    """How many of a domain's source objects are new since the promoted version was trained.
+
+    New: a key missing from the data snapshot in the promoted version's metrics.json, or one
+    whose ETag changed. With no promoted version everything is new.
+    """
+    from cyclegan_jobs import registry
+
+    listing = source_snapshot(uri)
+    current = registry.promoted(model_store)
+    known: dict[str, str] = {}
+    if current:
+        version = registry.version_uri(model_store, current["version"])
+        metrics = storage.read_json(storage.join(version, "metrics.json"))
+        known = {e["key"]: e["etag"] for e in metrics.get("snapshot", {}).get(domain, [])}
+    new = [e["key"] for e in listing if known.get(e["key"]) != e["etag"]]
+    return {
+        "domain": domain,
+        "uri": uri,
+        "promoted": current["version"] if current else None,
+        "total": len(listing),
+        "new": len(new),
+        "examples": new[:10],
+    }

@@ -94,6 +94,7 @@ def evaluate(
         "version": PurePosixPath(version_uri.rstrip("/")).name,
         "image_size": size,
         "images": {"a": len(a), "b": len(b)},
+        "data": {"domain_a": domain_a, "domain_b": domain_b, "holdout": holdout, "limit": limit},
         "cycle": {
             "a": {"psnr": metrics.psnr(a, rec_a), "ssim": _ssim(a, rec_a)},
             "b": {"psnr": metrics.psnr(b, rec_b), "ssim": _ssim(b, rec_b)},
@@ -194,7 +195,9 @@ def gate(
     if not domain_a or not domain_b:
         raise ValueError("no evaluation data: pass --domain-a and --domain-b")
     holdout = float(train_cfg.get("holdout", 0.3))
-    cand = evaluate(candidate_uri, domain_a, domain_b, limit=limit, holdout=holdout, write=True)
+    cand = _stored_evaluation(candidate_uri, domain_a, domain_b, limit, holdout)
+    if cand is None:
+        cand = evaluate(candidate_uri, domain_a, domain_b, limit=limit, holdout=holdout, write=True)
 
     reasons: list[str] = []
     if cand["non_finite"]:
@@ -232,6 +235,19 @@ def gate(
         decision["promoted"] = True
     storage.write_json(storage.join(candidate_uri, "gate.json"), decision)
     return decision
+
+
+def _stored_evaluation(
+    version_uri: str, domain_a: str, domain_b: str, limit: int | None, holdout: float
+) -> dict[str, Any] | None:
+    """The version's evaluation.json when it was made on the same data (an evaluate step ran
+    before the gate), so the gate does not evaluate the candidate twice."""
+    try:
+        stored = storage.read_json(storage.join(version_uri, "evaluation.json"))
+    except storage.NotFoundError:
+        return None
+    same = {"domain_a": domain_a, "domain_b": domain_b, "holdout": holdout, "limit": limit}
+    return stored if stored.get("data") == same else None
 
 
 def _compare(cand: dict, base: dict, t: Thresholds) -> list[str]:

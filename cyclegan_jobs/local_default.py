@@ -88,15 +88,14 @@ def _local_aws_env() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_local_default(
-    root: str | Path = "var", *, size: int = 64, n_faces: int = 32, epochs: int = 20
-) -> dict[str, Any]:
-    """Run the local default under `root` (see the module docstring); returns where results are."""
+@contextmanager
+def local_stack(root: str | Path = "var", *, size: int = 64, n_faces: int = 32) -> Iterator[Any]:
+    """The local S3 server (data in <root>/s3) with the buckets and sample data, `storage` and
+    this process's AWS environment pointed at it; stopped (and restored) on exit."""
     root = Path(root)
-    # Bad settings fail here, before any work (preset() checks the size).
-    preset("tiny", size)
-    if n_faces < 1 or epochs < 1:
-        raise ValueError(f"need n_faces >= 1 and epochs >= 1, got {n_faces} and {epochs}")
+    preset("tiny", size)  # bad settings fail here, before any work
+    if n_faces < 1:
+        raise ValueError(f"need n_faces >= 1, got {n_faces}")
     port = DEFAULT_PORT if local_s3.port_is_free(DEFAULT_PORT) else None
     with (
         _local_aws_env(),
@@ -113,11 +112,22 @@ def run_local_default(
             _ensure_buckets()
             _ensure_input(n_faces, size)
             _ensure_domains(size)
-            _, trained = _ensure_model(root, size, epochs)
-            summary = _translate(root)
-            sheet = _contact_sheet(summary, root)
+            yield server
         finally:
             storage.configure()
+
+
+def run_local_default(
+    root: str | Path = "var", *, size: int = 64, n_faces: int = 32, epochs: int = 20
+) -> dict[str, Any]:
+    """Run the local default under `root` (see the module docstring); returns where results are."""
+    root = Path(root)
+    if epochs < 1:
+        raise ValueError(f"need epochs >= 1, got {epochs}")
+    with local_stack(root, size=size, n_faces=n_faces) as server:
+        _, trained = _ensure_model(root, size, epochs)
+        summary = _translate(root)
+        sheet = _contact_sheet(summary, root)
     counts = summary["counts"]
     result = {
         "status": summary.get("status", "ok"),  # "failed": too many inputs failed
@@ -255,17 +265,22 @@ def _contact_sheet(summary: dict[str, Any], root: Path) -> dict[str, str | None]
             "contact_sheet": summary["contact_sheet"],
             "contact_sheet_local": summary.get("contact_sheet_local"),
         }
-    # Run ids start with their UTC start time, so key order is time order.
-    earlier = [
-        info.uri
-        for info in storage.list_objects(storage.join(OUTPUT, "_runs"))
-        if info.rel.endswith("/contact_sheet.png")
-    ]
     local = root / "translate" / "contact_sheet.png"  # translate's work dir keeps the last one
     return {
-        "contact_sheet": earlier[-1] if earlier else None,
+        "contact_sheet": latest_contact_sheet(OUTPUT),
         "contact_sheet_local": str(local) if local.is_file() else None,
     }
+
+
+def latest_contact_sheet(output: str) -> str | None:
+    """The URI of the newest contact sheet under <output>/_runs/, or None."""
+    # Run ids start with their UTC start time, so key order is time order.
+    sheets = [
+        info.uri
+        for info in storage.list_objects(storage.join(output, "_runs"))
+        if info.rel.endswith("/contact_sheet.png")
+    ]
+    return sheets[-1] if sheets else None
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -209,7 +209,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     out_prefix, in_prefix = cfg.output.rstrip("/") + "/", cfg.input.rstrip("/") + "/"
     own_rel = out_prefix[len(in_prefix) :] if out_prefix.startswith(in_prefix) else None
 
-    listing = storage.list_objects(cfg.input)
+    listing = _shard_objects(cfg) if cfg.keys else storage.list_objects(cfg.input)
     try:  # systemic problems (missing bucket, access denied) surface here, before any work
         first = next(listing, None)
     except storage.StorageError as err:
@@ -395,6 +395,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         "stylized": stylized_root,
         "reconstructed": recon_root if cfg.reconstruct else None,
     }
+    summary["manifest_local"] = str(manifest.path)
     if not cfg.dry_run:
         manifest_uri = storage.join(run_root, "manifest.jsonl")
         storage.write_bytes(
@@ -417,6 +418,122 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     log(
         f"done: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed "
         f"({summary['images_per_sec']} images/s); model {version}"
+    )
+    return summary
+
+
+def _shard_objects(cfg: TranslateConfig) -> Iterator[storage.ObjectInfo]:
+    """The inputs a shard file names (written by plan_shards), instead of a listing."""
+    try:
+        entries = storage.read_json(cfg.keys)
+    except (storage.StorageError, ValueError) as err:
+        raise TranslateError(f"cannot read the shard file {cfg.keys}: {err}") from err
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("key"), str) for e in entries
+    ):
+        raise TranslateError(f"{cfg.keys} is not a shard file: expected [{{'key', 'etag'}}, ...]")
+    for e in entries:
+        uri = storage.join(cfg.input, e["key"])
+        yield storage.ObjectInfo(uri=uri, rel=e["key"], size=-1, etag=str(e.get("etag", "")))
+
+
+def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
+    """What a run would translate (a dry run), cut into shard files of at most `shard_size` keys.
+
+    Shard files go to <output>/_runs/<run_id>/shards/NNNN.json (keys and ETags); `translate
+    --keys URI` runs one of them as run `<run_id>-shardNNNN`. Keys that need no work (up to date,
+    not images, unsafe) are recorded in <output>/_runs/<run_id>/plan.jsonl for merge_runs.
+    Returns only URIs, run ids and counts: small enough for an Airflow XCom.
+    """
+    if shard_size < 1:
+        raise TranslateError(f"shard size must be >= 1, got {shard_size}")
+    run_id = cfg.run_id or new_run_id()
+    dry = translate(replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=run_id))
+    lines = Path(dry["manifest_local"]).read_text(encoding="utf-8").splitlines()
+    entries = [json.loads(line) for line in lines]
+    pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]
+    settled = [e for e in entries if e["status"] != "pending"]
+    run_root = storage.join(cfg.output, "_runs", run_id)
+    body = "".join(json.dumps(e) + "\n" for e in settled).encode("utf-8")
+    storage.write_bytes(
+        storage.join(run_root, "plan.jsonl"), body, content_type="application/x-ndjson"
+    )
+    shards = []
+    for i, start in enumerate(range(0, len(pending), shard_size)):
+        uri = storage.join(run_root, "shards", f"{i:04d}.json")
+        storage.write_json(uri, pending[start : start + shard_size])
+        shards.append({"keys": uri, "run_id": f"{run_id}-shard{i:04d}"})
+    counts = Counter(e["status"] for e in entries)
+    log(
+        f"plan {run_id}: {len(pending)} to translate in {len(shards)} shard(s), "
+        f"{counts['skipped']} skipped, {counts['failed']} failed"
+    )
+    return {
+        "run_id": run_id,
+        "model_uri": dry["model_uri"],
+        "shards": shards,
+        "counts": {
+            "pending": len(pending),
+            "skipped": counts["skipped"],
+            "failed": counts["failed"],
+        },
+    }
+
+
+def merge_runs(
+    output: str, run_id: str, shard_run_ids: list[str], *, max_failure_rate: float
+) -> dict[str, Any]:
+    """Merge a planned run's plan.jsonl and its shards' manifests into one manifest and summary.
+
+    Writes <output>/_runs/<run_id>/manifest.jsonl and summary.json; the summary's status is
+    "failed" when the share of failed images exceeds `max_failure_rate`.
+    """
+    run_root = storage.join(output, "_runs", run_id)
+    parts = [storage.join(run_root, "plan.jsonl")]
+    parts += [storage.join(output, "_runs", r, "manifest.jsonl") for r in shard_run_ids]
+    entries: list[dict] = []
+    for uri in parts:
+        try:
+            text = storage.read_bytes(uri).decode("utf-8")
+        except storage.NotFoundError as err:
+            raise TranslateError(f"{uri} is missing: did that shard finish?") from err
+        entries += [json.loads(line) for line in text.splitlines() if line.strip()]
+    counts = Counter(e["status"] for e in entries)
+    ok, failed = counts["ok"], counts["failed"]
+    up_to_date = sum(e.get("reason") == UP_TO_DATE for e in entries)
+    seen = ok + failed + up_to_date
+    failed_share = failed / seen if seen else 0.0
+    shard_summaries = [
+        storage.read_json(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
+    ]
+    sheet = next((s["contact_sheet"] for s in shard_summaries if s.get("contact_sheet")), None)
+    summary = {
+        "run_id": run_id,
+        "status": "failed" if failed_share > max_failure_rate else "ok",
+        "shards": shard_run_ids,
+        "model_version": shard_summaries[0]["model_version"] if shard_summaries else None,
+        "counts": {
+            "total": len(entries),
+            "ok": ok,
+            "skipped": counts["skipped"],
+            "failed": failed,
+        },
+        "failed_share": round(failed_share, 4),
+        "max_failure_rate": max_failure_rate,
+        "failures": [  # the first few, to read in the summary; all are in the manifest
+            {"key": e["key"], "reason": e["reason"]} for e in entries if e["status"] == "failed"
+        ][:100],
+        "contact_sheet": sheet,
+        "manifest": storage.join(run_root, "manifest.jsonl"),
+        "summary": storage.join(run_root, "summary.json"),
+    }
+    body = "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8")
+    storage.write_bytes(summary["manifest"], body, content_type="application/x-ndjson")
+    storage.write_json(summary["summary"], summary)
+    c = summary["counts"]
+    log(
+        f"run {run_id}: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed "
+        f"({failed_share:.1%}, max {max_failure_rate:.1%}) in {len(shard_run_ids)} shard(s)"
     )
     return summary
 

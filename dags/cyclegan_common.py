@@ -1,0 +1,224 @@
+"""Settings and job runners shared by the CycleGAN DAGs (not a DAG file: see .airflowignore).
+
+Settings are environment variables read when a DAG file is parsed, each with a default that
+matches the local stack (`make run`, `make airflow`); per-run Params override the data ones.
+
+  CYCLEGAN_AWS_CONN_ID        aws_default: the Airflow AWS connection (extra endpoint_url
+                              for MinIO/SeaweedFS; unset for AWS itself)
+  CYCLEGAN_INPUT_URI          s3://cyclegan-input/faces/: images to translate
+  CYCLEGAN_OUTPUT_URI         s3://cyclegan-output/: stylized/, reconstructed/, _runs/
+  CYCLEGAN_MODEL_STORE        s3://cyclegan-models: versions/, PROMOTED.json, runs/
+  CYCLEGAN_DOMAIN_A_URI       s3://cyclegan-data/sample/domain_a: paintings (training)
+  CYCLEGAN_DOMAIN_B_URI       s3://cyclegan-data/sample/domain_b: faces (training)
+  CYCLEGAN_NIGHTLY_SCHEDULE   0 2 * * *: the nightly translation (cron, UTC)
+  CYCLEGAN_RETRAIN_SCHEDULE   @weekly: periodic retraining
+  CYCLEGAN_TRAIN_PRESET       seed: the retrain form's default preset
+  CYCLEGAN_TRAIN_IMAGE_SIZE   (the preset's): the retrain form's default image size
+  CYCLEGAN_TRAIN_EPOCHS       1: the retrain form's default epochs
+  CYCLEGAN_RUNNER             local: local (in the task's process) or kubernetes (a pod)
+  CYCLEGAN_POOL               cyclegan_gpu: pool of the heavy tasks (slots = GPUs)
+  CYCLEGAN_QUEUE              gpu: queue of the heavy tasks (workers with GPUs)
+  CYCLEGAN_IMAGE              cyclegan-jobs:latest: the job image (kubernetes runner)
+  CYCLEGAN_K8S_NAMESPACE      default: the pods' namespace
+  CYCLEGAN_K8S_GPUS           1: nvidia.com/gpu limit per pod
+  CYCLEGAN_K8S_NODE_SELECTOR  {"nvidia.com/gpu.present": "true"} (JSON object)
+  CYCLEGAN_K8S_TOLERATIONS    [{"key": "nvidia.com/gpu", "operator": "Exists",
+                              "effect": "NoSchedule"}] (JSON list)
+  CYCLEGAN_K8S_ENV_SECRET     cyclegan-s3: a Secret with the pods' AWS_* environment
+
+Runners: every heavy step is a light task that renders one `cyclegan-jobs` command line and a
+heavy task that runs it, in pool CYCLEGAN_POOL and queue CYCLEGAN_QUEUE. `local` runs it in the
+task's process (`cyclegan_jobs.cli.run`) with a boto3 client from the Airflow connection;
+`kubernetes` runs the same arguments in a pod of CYCLEGAN_IMAGE with a GPU limit, whose S3
+credentials and endpoint (AWS_ENDPOINT_URL_S3) come from the Secret CYCLEGAN_K8S_ENV_SECRET.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+RUNNERS = ("local", "kubernetes")
+# Where a pod writes its result; the KubernetesPodOperator turns it into the task's XCom.
+POD_RESULT_FILE = "/airflow/xcom/return.json"
+# I/O tasks (listing, merging, promoting) retry with backoff: object stores have bad minutes.
+IO_RETRIES = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
+
+
+def _json_env(name: str, default: Any) -> Any:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"{name} must be JSON: {err}") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment's settings (see the module docstring for the environment variables)."""
+
+    aws_conn_id: str = "aws_default"
+    input_uri: str = "s3://cyclegan-input/faces/"
+    output_uri: str = "s3://cyclegan-output/"
+    model_store: str = "s3://cyclegan-models"
+    domain_a_uri: str = "s3://cyclegan-data/sample/domain_a"
+    domain_b_uri: str = "s3://cyclegan-data/sample/domain_b"
+    nightly_schedule: str = "0 2 * * *"
+    retrain_schedule: str = "@weekly"
+    train_preset: str = "seed"
+    train_image_size: int | None = None
+    train_epochs: int = 1
+    runner: str = "local"
+    pool: str = "cyclegan_gpu"
+    queue: str = "gpu"
+    image: str = "cyclegan-jobs:latest"
+    k8s_namespace: str = "default"
+    k8s_gpus: int = 1
+    k8s_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    k8s_tolerations: list = field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+    k8s_env_secret: str = "cyclegan-s3"
+
+    def __post_init__(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ValueError(f"CYCLEGAN_RUNNER must be one of {RUNNERS}, got {self.runner!r}")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        d = cls()
+        return cls(
+            aws_conn_id=env("CYCLEGAN_AWS_CONN_ID", d.aws_conn_id),
+            input_uri=env("CYCLEGAN_INPUT_URI", d.input_uri),
+            output_uri=env("CYCLEGAN_OUTPUT_URI", d.output_uri),
+            model_store=env("CYCLEGAN_MODEL_STORE", d.model_store),
+            domain_a_uri=env("CYCLEGAN_DOMAIN_A_URI", d.domain_a_uri),
+            domain_b_uri=env("CYCLEGAN_DOMAIN_B_URI", d.domain_b_uri),
+            nightly_schedule=env("CYCLEGAN_NIGHTLY_SCHEDULE", d.nightly_schedule),
+            retrain_schedule=env("CYCLEGAN_RETRAIN_SCHEDULE", d.retrain_schedule),
+            train_preset=env("CYCLEGAN_TRAIN_PRESET", d.train_preset),
+            train_image_size=int(env("CYCLEGAN_TRAIN_IMAGE_SIZE", "0")) or None,
+            train_epochs=int(env("CYCLEGAN_TRAIN_EPOCHS", str(d.train_epochs))),
+            runner=env("CYCLEGAN_RUNNER", d.runner),
+            pool=env("CYCLEGAN_POOL", d.pool),
+            queue=env("CYCLEGAN_QUEUE", d.queue),
+            image=env("CYCLEGAN_IMAGE", d.image),
+            k8s_namespace=env("CYCLEGAN_K8S_NAMESPACE", d.k8s_namespace),
+            k8s_gpus=int(env("CYCLEGAN_K8S_GPUS", str(d.k8s_gpus))),
+            k8s_node_selector=_json_env("CYCLEGAN_K8S_NODE_SELECTOR", d.k8s_node_selector),
+            k8s_tolerations=_json_env("CYCLEGAN_K8S_TOLERATIONS", d.k8s_tolerations),
+            k8s_env_secret=env("CYCLEGAN_K8S_ENV_SECRET", d.k8s_env_secret),
+        )
+
+    def model_asset_uri(self) -> str:
+        """The promoted-version pointer: promoting a version updates the model Asset."""
+        store = self.model_store.rstrip("/")
+        if "://" not in store:
+            store = Path(store).resolve().as_uri()
+        return f"{store}/PROMOTED.json"
+
+
+def safe_run_id(run_id: str) -> str:
+    """An Airflow run id (e.g. manual__2026-11-29T02:00:00+00:00) as a key- and path-safe name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.") or "run"
+
+
+def s3_client(conn_id: str) -> Any:
+    """A boto3 S3 client from the Airflow connection (its extra endpoint_url: MinIO/SeaweedFS)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def use_connection(conn_id: str) -> None:
+    """Route every cyclegan_jobs S3 call of this task through the Airflow connection."""
+    from cyclegan_jobs import storage
+
+    storage.configure(client=s3_client(conn_id))
+
+
+def run_command(command: list[str], conn_id: str) -> Any:
+    """The local runner: one `cyclegan-jobs` command in this process; its JSON result is the
+    task's return value (XCom). A non-zero exit fails the task; the reason is in the log."""
+    from cyclegan_jobs import cli
+
+    use_connection(conn_id)
+    code, result = cli.run(command)
+    if code != 0:
+        raise RuntimeError(f"`cyclegan-jobs {command[0]}` exited with {code}; see the log above")
+    return result
+
+
+def heavy_step(settings: Settings, task_id: str, command: Any, *, retries: int = 1) -> Any:
+    """Run a rendered command (an XComArg of list[str]) with the configured runner."""
+    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue}
+    if settings.runner == "kubernetes":
+        return pod_operator(settings, arguments=command, retries=retries, **common)
+    return _local_task(settings, retries=retries, **common)(command=command)
+
+
+def heavy_mapped(settings: Settings, task_id: str, commands: Any, *, retries: int = 1) -> Any:
+    """Run one rendered command per element of `commands` (dynamic task mapping)."""
+    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue}
+    if settings.runner == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        partial = KubernetesPodOperator.partial(retries=retries, **common, **_pod_kwargs(settings))
+        return partial.expand(arguments=commands)
+    return _local_task(settings, retries=retries, **common).expand(command=commands)
+
+
+def _local_task(settings: Settings, **overrides: Any) -> Any:
+    from airflow.sdk import task
+
+    conn_id = settings.aws_conn_id
+
+    @task
+    def run_job(command: list[str]) -> Any:
+        return run_command(command, conn_id)
+
+    return run_job.override(**overrides)
+
+
+def pod_operator(settings: Settings, **kwargs: Any) -> Any:
+    """A KubernetesPodOperator running the job image with `arguments` on one GPU."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    return KubernetesPodOperator(**kwargs, **_pod_kwargs(settings))
+
+
+def _pod_kwargs(settings: Settings) -> dict[str, Any]:
+    from kubernetes.client import models as k8s
+
+    gpus = {"nvidia.com/gpu": str(settings.k8s_gpus)}
+    return {
+        "image": settings.image,
+        "cmds": ["cyclegan-jobs"],
+        "namespace": settings.k8s_namespace,
+        "name": "cyclegan-job",
+        "container_resources": k8s.V1ResourceRequirements(limits=gpus, requests=gpus),
+        "node_selector": settings.k8s_node_selector,
+        "tolerations": [k8s.V1Toleration(**t) for t in settings.k8s_tolerations],
+        "env_vars": [k8s.V1EnvVar(name="CYCLEGAN_RESULT_FILE", value=POD_RESULT_FILE)],
+        "env_from": [
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_env_secret))
+        ],
+        "do_xcom_push": True,  # the CLI writes its JSON result to POD_RESULT_FILE
+        "get_logs": True,
+        "on_finish_action": "delete_pod",
+    }

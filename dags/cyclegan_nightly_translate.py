@@ -1,0 +1,165 @@
+"""
+# cyclegan_nightly_translate
+
+Translates the images people dropped into the input prefix with the **promoted** CycleGAN:
+each input gets a stylized result (`<output>/stylized/<key>.png`) and its reconstruction, the
+cycle back (`<output>/reconstructed/<key>.png`). Inputs whose outputs are up to date are skipped,
+so a second run the same night does no model work.
+
+**Tasks**: `resolve_model` (the promoted version, pinned for the whole run; the model Asset is
+its inlet) -> `plan` (list pending inputs, cut them into shard files) -> `shard_commands` ->
+`translate_shard` (one mapped task per shard, pool `cyclegan_gpu`, queue `gpu`) -> `summarize`
+(merge the shard manifests into `<output>/_runs/<run>/summary.json`; fails the run when the
+share of failed images exceeds `max_failure_rate`). Nothing pending: the mapped step is
+skipped and the run succeeds.
+
+**Settings** (environment, see `dags/cyclegan_common.py`): CYCLEGAN_INPUT_URI,
+CYCLEGAN_OUTPUT_URI, CYCLEGAN_MODEL_STORE, CYCLEGAN_NIGHTLY_SCHEDULE (default `0 2 * * *`, UTC),
+CYCLEGAN_RUNNER (`local` | `kubernetes`), CYCLEGAN_AWS_CONN_ID (default `aws_default`; its
+extra `endpoint_url` points at MinIO/SeaweedFS).
+
+**Trigger**: nightly by schedule; or *Trigger DAG* in the UI, where the form's Params (input,
+output, scope, direction, batch size, shard size, max failure rate) override the settings for
+that run. From a shell: `airflow dags trigger cyclegan_nightly_translate --conf '{"scope": "all"}'`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+from cyclegan_common import IO_RETRIES, Settings, heavy_mapped, safe_run_id, use_connection
+
+SETTINGS = Settings.from_env()
+MODEL_ASSET = Asset(name="cyclegan_promoted_model", uri=SETTINGS.model_asset_uri())
+
+
+@dag(
+    dag_id="cyclegan_nightly_translate",
+    schedule=SETTINGS.nightly_schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["cyclegan", "translate"],
+    doc_md=__doc__,
+    params={
+        "input": Param(
+            SETTINGS.input_uri,
+            type="string",
+            minLength=1,
+            description="s3://bucket/prefix/ (or folder) of the images to translate",
+        ),
+        "output": Param(
+            SETTINGS.output_uri,
+            type="string",
+            minLength=1,
+            description="where stylized/ and reconstructed/ go",
+        ),
+        "model_store": Param(
+            SETTINGS.model_store,
+            type="string",
+            minLength=1,
+            description="its promoted version is used",
+        ),
+        "scope": Param(
+            "new",
+            enum=["new", "all"],
+            description="new: skip inputs with up-to-date outputs; all: also redo "
+            "outputs made by another model version",
+        ),
+        "direction": Param("b2a", enum=["b2a", "a2b"], description="b2a: photo -> painting"),
+        "batch_size": Param(32, type="integer", minimum=1, maximum=1024),
+        "shard_size": Param(
+            500, type="integer", minimum=1, description="inputs per mapped translate task"
+        ),
+        "max_failure_rate": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="fail the run above this share of failed images",
+        ),
+    },
+)
+def cyclegan_nightly_translate():
+    conn_id = SETTINGS.aws_conn_id
+
+    @task(inlets=[MODEL_ASSET], **IO_RETRIES)
+    def resolve_model(params: dict | None = None) -> str:
+        """The promoted version's URI: every shard of this run uses the same version."""
+        from cyclegan_jobs import registry
+
+        use_connection(conn_id)
+        return registry.resolve(params["model_store"])
+
+    @task(**IO_RETRIES)
+    def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:
+        """Pending inputs, cut into shard files; returns their URIs and counts (no keys)."""
+        from cyclegan_jobs.config import TranslateConfig
+        from cyclegan_jobs.translate import plan_shards
+
+        use_connection(conn_id)
+        cfg = TranslateConfig(
+            input=params["input"],
+            output=params["output"],
+            model=model_uri,
+            direction=params["direction"],
+            scope=params["scope"],
+            run_id=safe_run_id(run_id),
+        )
+        return plan_shards(cfg, params["shard_size"])
+
+    @task
+    def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
+        """One `cyclegan-jobs translate` command line per shard file."""
+        return [
+            [
+                "translate",
+                "--input",
+                params["input"],
+                "--output",
+                params["output"],
+                "--model",
+                planned["model_uri"],
+                "--keys",
+                shard["keys"],
+                "--run-id",
+                shard["run_id"],
+                "--direction",
+                params["direction"],
+                "--scope",
+                params["scope"],
+                "--batch-size",
+                str(params["batch_size"]),
+                # Bad inputs are judged over the whole run by `summarize`, not per shard.
+                "--max-failure-rate",
+                "1.0",
+            ]
+            for shard in planned["shards"]
+        ]
+
+    @task(trigger_rule="none_failed", **IO_RETRIES)
+    def summarize(planned: dict, params: dict | None = None) -> dict:
+        """Merge the shards' manifests into the run's summary; fail above the failure rate."""
+        from cyclegan_jobs.translate import merge_runs
+
+        use_connection(conn_id)
+        summary = merge_runs(
+            params["output"],
+            planned["run_id"],
+            [shard["run_id"] for shard in planned["shards"]],
+            max_failure_rate=params["max_failure_rate"],
+        )
+        if summary["status"] == "failed":
+            raise AirflowFailException(
+                f"{summary['counts']['failed']} inputs failed ({summary['failed_share']:.1%}, "
+                f"max {params['max_failure_rate']:.1%}); see {summary['manifest']}"
+            )
+        return {k: summary[k] for k in ("counts", "failed_share", "summary", "contact_sheet")}
+
+    planned = plan(resolve_model())
+    translated = heavy_mapped(SETTINGS, "translate_shard", shard_commands(planned), retries=2)
+    translated >> summarize(planned)
+
+
+cyclegan_nightly_translate()
