@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run airflow test lint format bench clean
 
 install: $(STAMP)
 
@@ -17,11 +17,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# The local default, end to end: a local S3 server (SeaweedFS, data in var/s3, git-ignored),
-# sample faces in its input bucket, the tiny preset trained and promoted, the batch translation.
-# Run again, it skips what is already done. See cyclegan_jobs/local_default.py.
+# The local default, end to end through Airflow: a local S3 server (SeaweedFS, data in var/s3),
+# sample data, an Airflow home in var/airflow (SQLite), cyclegan_retrain when no model is
+# promoted, then cyclegan_nightly_translate. Run again, it skips what is already done.
+# See scripts/airflow_local.py; `python -m cyclegan_jobs.local_default` does the same without
+# Airflow.
 run: install
-	$(BIN)/python -m cyclegan_jobs.local_default
+	$(BIN)/python scripts/airflow_local.py run
+
+# The Airflow UI (airflow standalone) with both DAGs, the pool, the aws_default connection and
+# the local S3 server, until Ctrl-C; prints the address and login.
+airflow: install
+	$(BIN)/python scripts/airflow_local.py standalone
 
 lint: install
 	$(BIN)/ruff check .

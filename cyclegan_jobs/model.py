@@ -74,10 +74,39 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def make_optimizer(cfg: LossConfig, total_steps: int, precision: str, name: str):
-    """Adam(lr, beta_1) with the configured schedule; loss scaling for float16."""
+class BudgetDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """LinearDecay for a time budget, where the step count is unknown in advance: constant for
+    the first half of the budget, then linear to 0. `progress` is a variable the training loop
+    sets to the share of the budget used so far."""
+
+    def __init__(self, initial: float, progress: tf.Variable):
+        self.initial = float(initial)
+        self.progress = progress
+
+    def __call__(self, step):  # noqa: ANN001 - unused: time, not steps, drives the decay
+        frac = tf.clip_by_value(2.0 * (1.0 - tf.cast(self.progress, tf.float32)), 0.0, 1.0)
+        return self.initial * frac
+
+    def get_config(self) -> dict:
+        return {"initial": self.initial}
+
+
+def make_optimizer(
+    cfg: LossConfig,
+    total_steps: int,
+    precision: str,
+    name: str,
+    budget_progress: tf.Variable | None = None,
+):
+    """Adam(lr, beta_1) with the configured schedule; loss scaling for float16.
+
+    With `linear_decay` the LR decays over the second half of the steps or, when a
+    `budget_progress` variable is given (a time-budgeted run), over the second half of the time.
+    """
     lr = cfg.learning_rate
-    if cfg.linear_decay:
+    if cfg.linear_decay and budget_progress is not None:
+        lr = BudgetDecay(cfg.learning_rate, budget_progress)
+    elif cfg.linear_decay:
         lr = LinearDecay(cfg.learning_rate, total_steps, decay_start=total_steps // 2)
     opt = keras.optimizers.Adam(lr, beta_1=cfg.beta_1, name=name)
     if precision == "float16":  # bfloat16 has float32's exponent range and needs no scaling

@@ -197,11 +197,15 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
         raise TrainingError(f"only {smallest} training images for a batch of {global_batch}")
     steps_per_epoch = cfg.steps_per_epoch or smallest // global_batch
     total_steps = cfg.epochs * steps_per_epoch
+    # The share of the time budget used so far: drives the LR decay of time-budgeted runs.
+    progress = (
+        tf.Variable(0.0, trainable=False, name="budget_progress") if cfg.max_minutes else None
+    )
     with strategy.scope():
         cg = CycleGAN(cfg.model, cfg.loss, precision=precision, seed=cfg.seed)
         cg.compile(
-            make_optimizer(cfg.loss, total_steps, precision, "g_optimizer"),
-            make_optimizer(cfg.loss, total_steps, precision, "d_optimizer"),
+            make_optimizer(cfg.loss, total_steps, precision, "g_optimizer", progress),
+            make_optimizer(cfg.loss, total_steps, precision, "d_optimizer", progress),
         )
         # Create optimizer slots now so a restore fills them instead of deferring.
         cg.g_optimizer.build(cg.gen_ab.trainable_variables + cg.gen_ba.trainable_variables)
@@ -303,6 +307,8 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
                 )
             if step % cfg.sample_every == 0:
                 save_samples(step)
+            if progress is not None:
+                progress.assign((time.time() - t_loop) / (60 * cfg.max_minutes))
             out_of_time = bool(cfg.max_minutes) and time.time() - t_loop > 60 * cfg.max_minutes
             if out_of_time:  # the time budget ends training here: this step is the last
                 stop_at = total_steps = step

@@ -138,6 +138,19 @@ def safe_run_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.") or "run"
 
 
+def cli_args(command: str, **options: Any) -> list[str]:
+    """A `cyclegan-jobs` argument list: domain_a="x" -> --domain-a x, True -> a bare flag,
+    None and False -> left out (the CLI's default)."""
+    args = [command]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return args
+
+
 def s3_client(conn_id: str) -> Any:
     """A boto3 S3 client from the Airflow connection (its extra endpoint_url: MinIO/SeaweedFS)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook

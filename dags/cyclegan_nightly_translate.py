@@ -28,7 +28,14 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
-from cyclegan_common import IO_RETRIES, Settings, heavy_mapped, safe_run_id, use_connection
+from cyclegan_common import (
+    IO_RETRIES,
+    Settings,
+    cli_args,
+    heavy_mapped,
+    safe_run_id,
+    use_connection,
+)
 
 SETTINGS = Settings.from_env()
 MODEL_ASSET = Asset(name="cyclegan_promoted_model", uri=SETTINGS.model_asset_uri())
@@ -113,28 +120,19 @@ def cyclegan_nightly_translate():
     def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
         """One `cyclegan-jobs translate` command line per shard file."""
         return [
-            [
+            cli_args(
                 "translate",
-                "--input",
-                params["input"],
-                "--output",
-                params["output"],
-                "--model",
-                planned["model_uri"],
-                "--keys",
-                shard["keys"],
-                "--run-id",
-                shard["run_id"],
-                "--direction",
-                params["direction"],
-                "--scope",
-                params["scope"],
-                "--batch-size",
-                str(params["batch_size"]),
+                input=params["input"],
+                output=params["output"],
+                model=planned["model_uri"],
+                keys=shard["keys"],
+                run_id=shard["run_id"],
+                direction=params["direction"],
+                scope=params["scope"],
+                batch_size=params["batch_size"],
                 # Bad inputs are judged over the whole run by `summarize`, not per shard.
-                "--max-failure-rate",
-                "1.0",
-            ]
+                max_failure_rate=1.0,
+            )
             for shard in planned["shards"]
         ]
 

@@ -28,7 +28,14 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
-from cyclegan_common import IO_RETRIES, Settings, heavy_step, safe_run_id, use_connection
+from cyclegan_common import (
+    IO_RETRIES,
+    Settings,
+    cli_args,
+    heavy_step,
+    safe_run_id,
+    use_connection,
+)
 
 SETTINGS = Settings.from_env()
 MODEL_ASSET = Asset(name="cyclegan_promoted_model", uri=SETTINGS.model_asset_uri())
@@ -87,6 +94,12 @@ PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
             1, type="integer", minimum=0, description="train only when at least this many are new"
         ),
         "force": Param(False, type="boolean", description="train even without new data"),
+        "min_cycle_psnr": Param(
+            15.0,
+            type="number",
+            minimum=0,
+            description="the gate's floor on cycle PSNR (dB); see README, the quality gate",
+        ),
         "promote": Param(
             "gate", enum=["gate", "never"], description="gate: promote when the quality gate passes"
         ),
@@ -114,59 +127,43 @@ def cyclegan_retrain():
 
     @task
     def train_command(params: dict | None = None, run_id: str | None = None) -> list[str]:
-        command = [
+        return cli_args(
             "train",
-            "--domain-a",
-            params["domain_a"],
-            "--domain-b",
-            params["domain_b"],
-            "--model-store",
-            params["model_store"],
-            "--preset",
-            params["preset"],
-            "--epochs",
-            str(params["epochs"]),
-            "--batch-size",
-            str(params["batch_size"]),
-            "--precision",
-            params["precision"],
+            domain_a=params["domain_a"],
+            domain_b=params["domain_b"],
+            model_store=params["model_store"],
+            preset=params["preset"],
+            image_size=params["image_size"],
+            epochs=params["epochs"],
+            steps_per_epoch=params["steps_per_epoch"],
+            batch_size=params["batch_size"],
+            learning_rate=params["learning_rate"],
+            precision=params["precision"],
             # The same run id on a retry: training resumes from the mirrored checkpoint.
-            "--run-id",
-            f"retrain-{safe_run_id(run_id)}",
-        ]
-        for name in ("steps_per_epoch", "learning_rate", "image_size"):
-            if params[name] is not None:
-                command += [f"--{name.replace('_', '-')}", str(params[name])]
-        return command
+            run_id=f"retrain-{safe_run_id(run_id)}",
+        )
 
     @task
     def evaluate_command(trained: dict, params: dict | None = None) -> list[str]:
-        return [
+        return cli_args(
             "evaluate",
-            "--model",
-            trained["version_uri"],
-            "--domain-a",
-            params["domain_a"],
-            "--domain-b",
-            params["domain_b"],
-            "--write",
-        ]
+            model=trained["version_uri"],
+            domain_a=params["domain_a"],
+            domain_b=params["domain_b"],
+            write=True,
+        )
 
     @task
     def gate_command(evaluation: dict, trained: dict, params: dict | None = None) -> list[str]:
-        # --exit-zero: a refusal is a decision, not a failure; `promote` acts on it.
-        return [
+        return cli_args(
             "gate",
-            "--candidate",
-            trained["version_uri"],
-            "--model-store",
-            params["model_store"],
-            "--domain-a",
-            params["domain_a"],
-            "--domain-b",
-            params["domain_b"],
-            "--exit-zero",
-        ]
+            candidate=trained["version_uri"],
+            model_store=params["model_store"],
+            domain_a=params["domain_a"],
+            domain_b=params["domain_b"],
+            min_cycle_psnr=params["min_cycle_psnr"],
+            exit_zero=True,  # a refusal is a decision, not a failure; `promote` acts on it
+        )
 
     @task(outlets=[MODEL_ASSET], **IO_RETRIES)
     def promote(decision: dict, params: dict | None = None) -> dict:

@@ -247,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["AIRFLOW_HOME"] = args.home
         os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
         os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        print(json.dumps(dag_test(args.dag_id, json.loads(args.conf))))
+        from airflow.sdk.definitions.param import ParamValidationError
+
+        try:
+            print(json.dumps(dag_test(args.dag_id, json.loads(args.conf))))
+        except ParamValidationError as err:
+            _say(f"invalid params, no run: {err}")
+            return 2
         return 0
     except KeyboardInterrupt:
         _say("interrupted; run it again to continue where it stopped")
