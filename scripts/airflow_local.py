@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,10 @@ def standalone(root: Path, port: int) -> int:
         )
         env.update(LOCAL_TRAINING)
         env["AIRFLOW__API__PORT"] = str(port)
+        # Task processes report to the API server's execution API: on the same port.
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+        # standalone starts its components as `airflow ...` subprocesses: from this venv.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         prepare_home(env)
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("airflow")), "standalone"],
@@ -188,7 +193,7 @@ def standalone(root: Path, port: int) -> int:
         )
         passwords = home / "simple_auth_manager_passwords.json.generated"
         try:
-            login = _wait_for_login(passwords, proc)
+            login = _wait_for_ui(port, passwords, proc)
             _say(f"Airflow UI: http://127.0.0.1:{port}  login: {login}")
             _say("DAGs: cyclegan_retrain (Trigger -> the form; unpause it to let it run), "
                  "cyclegan_nightly_translate. Logs: " + str(home / "standalone.log"))  # fmt: skip
@@ -201,16 +206,23 @@ def standalone(root: Path, port: int) -> int:
     return 0
 
 
-def _wait_for_login(passwords: Path, proc: subprocess.Popen, timeout: float = 180) -> str:
+def _wait_for_ui(port: int, passwords: Path, proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait until the API server answers; return the login standalone generated."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("airflow standalone exited; see standalone.log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/version", timeout=5):
+                pass
+        except OSError:  # not listening yet (URLError and HTTP errors are OSErrors)
+            time.sleep(2)
+            continue
         if passwords.is_file() and passwords.stat().st_size:
             users = json.loads(passwords.read_text())
             return ", ".join(f"{user} / {pw}" for user, pw in users.items())
         time.sleep(1)
-    return f"see {passwords} once the API server is up"
+    raise RuntimeError(f"the Airflow UI did not come up within {timeout:.0f} s; see standalone.log")
 
 
 def _stop(proc: subprocess.Popen) -> None:
