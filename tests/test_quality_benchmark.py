@@ -1,0 +1,55 @@
+"""The known-mapping benchmark, short: a small budget at 32 px must beat the do-nothing baseline.
+
+The full benchmark (10 minutes at 64 px, README) is `benchmarks/quality.py`; this runs the same
+code path with a budget a test suite can afford.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclegan_jobs.evaluate import load_style
+from cyclegan_jobs.sample_data import synthetic_faces
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import quality  # noqa: E402
+
+
+@pytest.mark.slow
+def test_short_benchmark_beats_the_do_nothing_baseline(tmp_path: Path) -> None:
+    report = quality.run_benchmark(
+        minutes=0.75, image_size=32, n=64, held_out=16, out=tmp_path, log_every=50
+    )
+    assert report["steps"] > 0
+    assert report["psnr_model"] > report["psnr_do_nothing"] + 1.0, report
+    # It also moves the outputs toward the styled domain (distribution, not only pixels).
+    swd = report["evaluation"]["swd"]
+    assert swd["b2a"] < swd["b2a_untranslated"], swd
+    assert (tmp_path / "quality.png").stat().st_size > 0
+    assert (tmp_path / "quality.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["colour_remap", "blur_posterize"])
+def test_benchmark_styles_load_by_path_and_change_colours_or_detail(name: str) -> None:
+    style = load_style(f"{BENCHMARKS / 'styles.py'}:{name}")
+    faces = synthetic_faces(4, 32, seed=5)
+    out = style(faces)
+    assert out.shape == faces.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - faces).mean() > 5  # a visible change, not identity
+    np.testing.assert_array_equal(style(faces[0]), out[0])  # one image == a batch of one
+    with pytest.raises(ValueError, match="uint8"):
+        style(faces.astype(np.float32))
+
+
+def test_colour_remap_is_monotonic_per_channel_so_the_cycle_can_invert_it() -> None:
+    style = load_style(f"{BENCHMARKS / 'styles.py'}:colour_remap")
+    for channel in range(3):
+        ramp = np.zeros((1, 256, 3), np.uint8)
+        ramp[0, :, channel] = np.arange(256)
+        out = style(ramp).astype(int)[0, :, channel]
+        assert np.all(np.diff(out) >= 0), channel
