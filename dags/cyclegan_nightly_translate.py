@@ -97,7 +97,10 @@ def cyclegan_nightly_translate():
         from cyclegan_jobs import registry
 
         use_connection(conn_id)
-        return registry.resolve(params["model_store"])
+        try:
+            return registry.resolve(params["model_store"])
+        except registry.RegistryError as err:  # no promoted version: retrying will not help
+            raise AirflowFailException(f"{err} (cyclegan_retrain makes one)") from err
 
     @task(**IO_RETRIES)
     def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:

@@ -321,6 +321,18 @@ def test_nightly_with_bad_files_passes_under_the_threshold_and_fails_above(
     assert _run_summary(f"{bucket}/out/", over["run_id"])["status"] == "failed"
 
 
+def test_nightly_without_a_promoted_model_fails_at_once_saying_why(
+    airflow: dict, s3_server
+) -> None:  # noqa: ANN001
+    bucket = _faces_bucket(s3_server, 1)
+    conf = {**_nightly_conf({"store": _bucket(s3_server)}, bucket)}
+    result = dag_test(airflow, "cyclegan_nightly_translate", conf)
+    assert result["state"] == "failed"
+    assert result["tasks"]["resolve_model"] == "failed"  # no retries: AirflowFailException
+    assert any("no promoted version" in line for line in result["errors"]), result["errors"]
+    assert list(storage.list_objects(f"{bucket}/out/")) == []
+
+
 def test_retrain_without_new_data_skips_training(airflow: dict, trained: dict) -> None:
     result = dag_test(airflow, "cyclegan_retrain", trained["conf"])
     assert result["state"] == "success"
