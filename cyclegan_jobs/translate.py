@@ -448,8 +448,11 @@ def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
     if shard_size < 1:
         raise TranslateError(f"shard size must be >= 1, got {shard_size}")
     run_id = cfg.run_id or new_run_id()
-    dry = translate(replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=run_id))
-    lines = Path(dry["manifest_local"]).read_text(encoding="utf-8").splitlines()
+    with tempfile.TemporaryDirectory(prefix=f"cyclegan-plan-{run_id}-") as work:
+        dry = translate(
+            replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=run_id, work_dir=work)
+        )
+        lines = Path(dry["manifest_local"]).read_text(encoding="utf-8").splitlines()
     entries = [json.loads(line) for line in lines]
     pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]
     settled = [e for e in entries if e["status"] != "pending"]

@@ -236,6 +236,10 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--home", default=None, help="Airflow home (default: $AIRFLOW_HOME)")
     args = parser.parse_args(argv)
     # SIGTERM (a scheduler, `timeout`) unwinds like Ctrl-C, so servers are stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "run":
             return run(Path(args.root))
