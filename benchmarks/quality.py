@@ -48,9 +48,11 @@ def run_benchmark(
     learning_rate: float | None = 3e-3,
     identity_weight: float | None = 5.0,
     decay: bool = True,
+    epochs: int | None = None,
     log_every: int = 200,
 ) -> dict[str, Any]:
-    """Train on unpaired (faces, style(faces)) for `minutes`; report PSNR against the truth."""
+    """Train on unpaired (faces, style(faces)) for `minutes` (or `epochs` of n // batch_size
+    steps, if that ends first); report PSNR against the truth."""
     style = load_style(style_spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ def run_benchmark(
             loss=loss_cfg,
             batch_size=batch_size,
             holdout=0.0,
-            epochs=100_000,  # the time budget ends training
+            epochs=epochs or 100_000,  # by default the time budget ends training
             max_minutes=minutes,
             log_every=log_every,
             checkpoint_every=10_000,
