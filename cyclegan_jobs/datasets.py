@@ -136,6 +136,11 @@ def _load_prefix(
     )
 
 
+def _npy_key(uri: str) -> str:
+    """The snapshot key of a .npy source: its file name (training and new_data must agree)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def npy_split(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices exactly as sklearn's train_test_split(test_size=holdout,
     random_state=42) draws them, which is how the seed split its face array.
@@ -180,7 +185,7 @@ def _load_npy(
         train_idx, test_idx = test_idx[:1], test_idx[1:]
     if limit is not None:
         train_idx, test_idx = train_idx[:limit], test_idx[:limit]
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    name = _npy_key(uri)
     return DomainData(
         train=_resize_all(array[train_idx], image_size),
         test=_resize_all(array[test_idx], image_size),
@@ -336,7 +341,7 @@ def source_snapshot(uri: str) -> list[dict]:
         return []  # a tfds split changes only with its version, which training records
     try:
         if uri.lower().endswith(".npy"):
-            return [{"key": uri.rstrip("/").rsplit("/", 1)[-1], "etag": storage.head(uri)["etag"]}]
+            return [{"key": _npy_key(uri), "etag": storage.head(uri)["etag"]}]
         objects = storage.list_objects(uri, suffixes=IMAGE_SUFFIXES)
         return [{"key": obj.rel, "etag": obj.etag} for obj in objects]
     except storage.StorageError as err:

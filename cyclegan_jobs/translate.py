@@ -203,7 +203,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     run_root = storage.join(cfg.output, "_runs", run_id)
     work = Path(cfg.work_dir or tempfile.mkdtemp(prefix=f"cyclegan-{run_id}-"))
     work.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(work / f"{run_id}.manifest.jsonl")
+    manifest = Manifest(_manifest_path(work, run_id))
 
     # The output may live under the input prefix: never translate our own results.
     out_prefix, in_prefix = cfg.output.rstrip("/") + "/", cfg.input.rstrip("/") + "/"
@@ -360,9 +360,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     work_s = time.time() - t_work
     counts = manifest.counts
     ok, failed = counts.get("ok", 0), counts.get("failed", 0)
-    # The share of image inputs that failed, counting those an earlier run already did.
-    images_seen = ok + failed + manifest.up_to_date
-    failed_share = failed / images_seen if images_seen else 0.0
+    failed_share = _failed_share(ok, failed, manifest.up_to_date)
     summary: dict[str, Any] = {
         "run_id": run_id,
         "status": "failed" if failed_share > cfg.max_failure_rate else "ok",
@@ -395,7 +393,6 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
         "stylized": stylized_root,
         "reconstructed": recon_root if cfg.reconstruct else None,
     }
-    summary["manifest_local"] = str(manifest.path)
     if not cfg.dry_run:
         manifest_uri = storage.join(run_root, "manifest.jsonl")
         storage.write_bytes(
@@ -452,15 +449,12 @@ def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
         dry = translate(
             replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=run_id, work_dir=work)
         )
-        lines = Path(dry["manifest_local"]).read_text(encoding="utf-8").splitlines()
+        lines = _manifest_path(Path(work), run_id).read_text(encoding="utf-8").splitlines()
     entries = [json.loads(line) for line in lines]
     pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]
     settled = [e for e in entries if e["status"] != "pending"]
     run_root = storage.join(cfg.output, "_runs", run_id)
-    body = "".join(json.dumps(e) + "\n" for e in settled).encode("utf-8")
-    storage.write_bytes(
-        storage.join(run_root, "plan.jsonl"), body, content_type="application/x-ndjson"
-    )
+    _write_jsonl(storage.join(run_root, "plan.jsonl"), settled)
     shards = []
     for i, start in enumerate(range(0, len(pending), shard_size)):
         uri = storage.join(run_root, "shards", f"{i:04d}.json")
@@ -503,9 +497,7 @@ def merge_runs(
         entries += [json.loads(line) for line in text.splitlines() if line.strip()]
     counts = Counter(e["status"] for e in entries)
     ok, failed = counts["ok"], counts["failed"]
-    up_to_date = sum(e.get("reason") == UP_TO_DATE for e in entries)
-    seen = ok + failed + up_to_date
-    failed_share = failed / seen if seen else 0.0
+    failed_share = _failed_share(ok, failed, sum(e.get("reason") == UP_TO_DATE for e in entries))
     shard_summaries = [
         storage.read_json(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
     ]
@@ -530,8 +522,7 @@ def merge_runs(
         "manifest": storage.join(run_root, "manifest.jsonl"),
         "summary": storage.join(run_root, "summary.json"),
     }
-    body = "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8")
-    storage.write_bytes(summary["manifest"], body, content_type="application/x-ndjson")
+    _write_jsonl(summary["manifest"], entries)
     storage.write_json(summary["summary"], summary)
     c = summary["counts"]
     log(
@@ -539,6 +530,22 @@ def merge_runs(
         f"({failed_share:.1%}, max {max_failure_rate:.1%}) in {len(shard_run_ids)} shard(s)"
     )
     return summary
+
+
+def _manifest_path(work: Path, run_id: str) -> Path:
+    """Where a run writes its manifest while it works (uploaded when the run ends)."""
+    return work / f"{run_id}.manifest.jsonl"
+
+
+def _failed_share(ok: int, failed: int, up_to_date: int) -> float:
+    """The share of image inputs that failed, counting those an earlier run already did."""
+    seen = ok + failed + up_to_date
+    return failed / seen if seen else 0.0
+
+
+def _write_jsonl(uri: str, entries: list[dict]) -> None:
+    body = "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8")
+    storage.write_bytes(uri, body, content_type="application/x-ndjson")
 
 
 def _rate(ok: int, work_s: float, state: dict) -> float:

@@ -39,11 +39,17 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 RUNNERS = ("local", "kubernetes")
+# What both DAGs share: no backfill of missed intervals, one run at a time.
+DAG_DEFAULTS = {
+    "start_date": datetime(2026, 1, 1, tzinfo=UTC),
+    "catchup": False,
+    "max_active_runs": 1,
+}
 # Where a pod writes its result; the KubernetesPodOperator turns it into the task's XCom.
 POD_RESULT_FILE = "/airflow/xcom/return.json"
 # I/O tasks (listing, merging, promoting) retry with backoff: object stores have bad minutes.
@@ -125,12 +131,14 @@ class Settings:
             k8s_env_secret=env("CYCLEGAN_K8S_ENV_SECRET", d.k8s_env_secret),
         )
 
-    def model_asset_uri(self) -> str:
-        """The promoted-version pointer: promoting a version updates the model Asset."""
+    def model_asset(self) -> Any:
+        """The model Asset: the store's promoted-version pointer, which `promote` updates."""
+        from airflow.sdk import Asset
+
         store = self.model_store.rstrip("/")
         if "://" not in store:
             store = Path(store).resolve().as_uri()
-        return f"{store}/PROMOTED.json"
+        return Asset(name="cyclegan_promoted_model", uri=f"{store}/PROMOTED.json")
 
 
 def safe_run_id(run_id: str) -> str:

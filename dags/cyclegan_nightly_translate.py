@@ -25,10 +25,10 @@ that run. From a shell: `airflow dags trigger cyclegan_nightly_translate --conf 
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from cyclegan_common import (
+    DAG_DEFAULTS,
     IO_RETRIES,
     Settings,
     cli_args,
@@ -38,15 +38,13 @@ from cyclegan_common import (
 )
 
 SETTINGS = Settings.from_env()
-MODEL_ASSET = Asset(name="cyclegan_promoted_model", uri=SETTINGS.model_asset_uri())
+MODEL_ASSET = SETTINGS.model_asset()
 
 
 @dag(
     dag_id="cyclegan_nightly_translate",
     schedule=SETTINGS.nightly_schedule,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
+    **DAG_DEFAULTS,
     tags=["cyclegan", "translate"],
     doc_md=__doc__,
     params={

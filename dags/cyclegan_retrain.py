@@ -25,10 +25,10 @@ epochs, learning rate, ...; invalid values are refused before anything runs). Fr
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from cyclegan_common import (
+    DAG_DEFAULTS,
     IO_RETRIES,
     Settings,
     cli_args,
@@ -38,7 +38,7 @@ from cyclegan_common import (
 )
 
 SETTINGS = Settings.from_env()
-MODEL_ASSET = Asset(name="cyclegan_promoted_model", uri=SETTINGS.model_asset_uri())
+MODEL_ASSET = SETTINGS.model_asset()
 PRESETS = ["seed", "paper", "tiny"]
 PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
 
@@ -46,9 +46,7 @@ PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
 @dag(
     dag_id="cyclegan_retrain",
     schedule=SETTINGS.retrain_schedule,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
+    **DAG_DEFAULTS,
     tags=["cyclegan", "training"],
     doc_md=__doc__,
     params={

@@ -34,6 +34,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))  # the CLI of this venv's Airflow
 POOL, POOL_SLOTS = "cyclegan_gpu", 1  # slots = GPUs; one CPU "GPU" here
 # The retrain form's defaults on the local stack: small enough for a CPU (the seed preset at
 # 256 px would take hours here). On a real deployment they stay the seed's.
@@ -71,11 +72,10 @@ def prepare_home(env: dict) -> None:
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     full = {**os.environ, **env}
-    airflow = str(Path(sys.executable).with_name("airflow"))
     log = home / "setup.log"
     with log.open("ab") as out:
         for args in (["db", "migrate"], ["pools", "set", POOL, str(POOL_SLOTS), "CycleGAN GPUs"]):
-            done = subprocess.run([airflow, *args], env=full, stdout=out, stderr=out, check=False)
+            done = subprocess.run([AIRFLOW, *args], env=full, stdout=out, stderr=out, check=False)
             if done.returncode:
                 raise RuntimeError(f"`airflow {' '.join(args)}` failed; see {log}")
     _say(f"Airflow home {home}: metadata DB migrated, pool {POOL} ({POOL_SLOTS} slot)")
@@ -127,16 +127,17 @@ def run(root: Path) -> int:
         os.environ.update(env)
         os.environ.update(LOCAL_TRAINING)
         settings = Settings.from_env()
-        if registry.promoted(settings.model_store) is None:
+        pointer = registry.promoted(settings.model_store)
+        if pointer is None:
             retrain = _run_dag("cyclegan_retrain")
             summary = storage.read_json(
                 storage.join(settings.model_store, "runs", safe_run_id(retrain["run_id"]),
                              "retrain.json")
             )  # fmt: skip
             _say(f"retrain: {summary['outcome']}")
+            pointer = registry.promoted(settings.model_store)  # None if the gate refused
         else:
-            _say(f"model: {registry.promoted(settings.model_store)['version']} already "
-                 "promoted; cyclegan_retrain not needed")  # fmt: skip
+            _say(f"model: {pointer['version']} already promoted; cyclegan_retrain not needed")
         nightly = _run_dag("cyclegan_nightly_translate")
         run_root = storage.join(settings.output_uri, "_runs", safe_run_id(nightly["run_id"]))
         summary = storage.read_json(storage.join(run_root, "summary.json"))
@@ -149,7 +150,7 @@ def run(root: Path) -> int:
         c = summary["counts"]
         _say(f"nightly: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed")
         rows = {
-            "model version": registry.promoted(settings.model_store)["version"],
+            "model version": pointer["version"] if pointer else "(none promoted)",
             "stylized": storage.join(settings.output_uri, "stylized"),
             "reconstructed": storage.join(settings.output_uri, "reconstructed"),
             "run summary": summary["summary"],
@@ -185,7 +186,7 @@ def standalone(root: Path, port: int) -> int:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         prepare_home(env)
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("airflow")), "standalone"],
+            [AIRFLOW, "standalone"],
             env={**os.environ, **env},
             stdout=(home / "standalone.log").open("ab"),
             stderr=subprocess.STDOUT,

@@ -69,15 +69,19 @@ def airflow(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noq
     storage.configure()
 
 
-def dag_test(env: dict, dag_id: str, conf: dict, *, runner: str = "local") -> dict:
-    """One dag.test() in a subprocess; returns the run's state and task states."""
-    done = subprocess.run(
+def _driver(env: dict, dag_id: str, conf: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(DRIVER), "dag-test", dag_id, "--conf", json.dumps(conf)],
-        env={**env, "CYCLEGAN_RUNNER": runner},
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def dag_test(env: dict, dag_id: str, conf: dict) -> dict:
+    """One dag.test() in a subprocess; returns the run's state and task states."""
+    done = _driver(env, dag_id, conf)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{"dag_id"')]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(lines[-1])
@@ -377,13 +381,7 @@ def test_invalid_params_are_refused_before_any_task(
 ) -> None:  # noqa: ANN001
     store = _bucket(s3_server)
     conf = {**TRAIN_CONF, "model_store": store, "force": True, **bad}
-    done = subprocess.run(
-        [sys.executable, str(DRIVER), "dag-test", "cyclegan_retrain", "--conf", json.dumps(conf)],
-        env=airflow,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _driver(airflow, "cyclegan_retrain", conf)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "invalid params, no run" in done.stderr and message in done.stderr
     assert list(storage.list_objects(store)) == []  # no task ran
@@ -483,7 +481,7 @@ def test_rest_trigger_with_conf_creates_a_run_and_invalid_conf_is_refused(
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
     }
-    airflow_bin = str(Path(sys.executable).with_name("airflow"))
+    airflow_bin = airflow_local.AIRFLOW
     # The API serves DAGs from the metadata DB: serialize ours first (as the DAG processor would).
     subprocess.run([airflow_bin, "dags", "reserialize"], env=env, check=True, capture_output=True)
     log = (tmp_path / "api.log").open("wb")
