@@ -88,7 +88,7 @@ def run_benchmark(
     vuri = summary["version_uri"]
     result = evaluate(vuri, uris["held_a"], uris["held_b"], holdout=0.0, paired_b_to_a=style_spec)
 
-    from cyclegan_jobs.model import load_generators
+    from cyclegan_jobs.inference import load_generators
 
     g_ba = load_generators(vuri)["generator_BA"]
     fake = images.to_uint8(np.asarray(g_ba(images.to_unit(held_b), training=False)))

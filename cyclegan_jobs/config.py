@@ -183,7 +183,11 @@ class TranslateConfig:
     keys: str | None = None  # a shard file (plan_shards) naming the inputs, instead of listing
     dry_run: bool = False
     max_failure_rate: float = 0.1
-    max_pixels: int = 50_000_000
+    max_pixels: int = 50_000_000  # larger inputs fail (decompression bombs, absurd scans)
+    # Decoded pixels in flight, over all threads: ~100 MP is ~0.4-1.2 GB of transient buffers
+    # (RGB to RGBA with copies), so a 4 GB worker survives a folder of 49 MP scans.
+    pixel_budget: int = 100_000_000
+    stall_timeout: float = 120.0  # seconds without any progress: stop (exit 2), keep records
     workers: int = 16
     run_id: str | None = None
     work_dir: str | None = None  # local scratch (manifest, contact sheet copy)
@@ -204,6 +208,8 @@ class TranslateConfig:
             (self.limit is None or self.limit >= 1, "limit must be >= 1"),
             (0.0 <= self.max_failure_rate <= 1.0, "max failure rate must be in [0, 1]"),
             (self.max_pixels >= 1 and self.workers >= 1, "max pixels and workers must be >= 1"),
+            (self.pixel_budget >= 1, "pixel budget must be >= 1"),
+            (self.stall_timeout > 0, "stall timeout must be > 0 seconds"),
         ]
         bad = [message for ok, message in problems if not ok]
         if bad:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import datasets, metrics, registry, storage
 from .config import model_config_from_dict
-from .images import to_uint8, to_unit
+from .images import to_uint8
 
 BATCH = 32
 
@@ -36,15 +36,6 @@ def load_style(spec: str) -> Callable[[np.ndarray], np.ndarray]:
     if not callable(fn):
         raise ValueError(f"{spec}: no function {name!r} in {target}")
     return fn
-
-
-def _translate_all(net, images: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a keras.Model
-    """uint8 images through a generator in batches -> float [-1, 1] outputs."""
-    outs = [
-        np.asarray(net(to_unit(images[i : i + BATCH]), training=False))
-        for i in range(0, len(images), BATCH)
-    ]
-    return np.concatenate(outs).astype(np.float32)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -72,22 +63,24 @@ def evaluate(
     paired:   PSNR / SSIM of G_BA(b) vs style(b) when a ground-truth style is given.
     Non-finite values are reported as null and listed under "non_finite".
     """
-    from .model import load_generators
+    from .inference import Generators
 
     config = storage.read_json(storage.join(version_uri, "config.json"))
-    size = model_config_from_dict(config["model"]).image_size
+    model_cfg = model_config_from_dict(config["model"])
+    size = model_cfg.image_size
     held = {}
     for d, uri in (("a", domain_a), ("b", domain_b)):
         data = datasets.load_domain(uri, size, domain=d, holdout=holdout, limit=limit)
         held[d] = data.test if len(data.test) else data.train  # holdout 0: all we have
-    gens = load_generators(version_uri)
+    # float32: metrics must not depend on the machine's fastest precision.
+    gens = Generators.load(version_uri, model_cfg, precision="float32")
     a, b = held["a"], held["b"]
-    fake_b = _translate_all(gens["generator_AB"], a)
-    fake_a = _translate_all(gens["generator_BA"], b)
-    rec_a = _to_uint8(_translate_all(gens["generator_BA"], _to_uint8(fake_b)))
-    rec_b = _to_uint8(_translate_all(gens["generator_AB"], _to_uint8(fake_a)))
-    id_a = _to_uint8(_translate_all(gens["generator_BA"], a))
-    id_b = _to_uint8(_translate_all(gens["generator_AB"], b))
+    fake_b = gens.apply("generator_AB", a, BATCH)
+    fake_a = gens.apply("generator_BA", b, BATCH)
+    rec_a = _to_uint8(gens.apply("generator_BA", _to_uint8(fake_b), BATCH))
+    rec_b = _to_uint8(gens.apply("generator_AB", _to_uint8(fake_a), BATCH))
+    id_a = _to_uint8(gens.apply("generator_BA", a, BATCH))
+    id_b = _to_uint8(gens.apply("generator_AB", b, BATCH))
     fake_a, fake_b = _to_uint8(fake_a), _to_uint8(fake_b)
 
     result: dict[str, Any] = {

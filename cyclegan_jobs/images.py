@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -37,6 +41,21 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A picture shrunk for the model, and the upright size of the original."""
+
+    image: np.ndarray  # uint8 size x size x 3
+    height: int  # the original's upright size, full resolution (before any JPEG draft)
+    width: int
+
+
+class _NoBudget:
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        yield
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = 50_000_000, draft_size: int | None = None
 ) -> np.ndarray:
@@ -48,6 +67,40 @@ def decode_image(
     may be decoded at 1/2, 1/4 or 1/8 scale, never smaller than that (much faster for photos).
     Raises ImageDecodeError (with a short `reason`) for anything that is not a usable image.
     """
+    with _opened(data, max_pixels) as img:
+        if draft_size is not None:
+            _draft(img, draft_size)
+        img.load()  # decodes everything now, so a truncated file fails here and not later
+        return _to_rgb_array(_transpose(img, _orientation(img)))
+
+
+def decode_for_model(
+    data: bytes, size: int, *, max_pixels: int = 50_000_000, budget: Any = None
+) -> Decoded:
+    """Decode as decode_image does, shrunk to size x size, keeping peak memory low.
+
+    The pixels are decoded only inside `budget.hold(pixels)` (see translate's PixelBudget), the
+    shrink happens before the colour conversion and rotation, so at most one full-size copy
+    exists for RGB, RGBA, L and LA pictures; the original's upright size is kept for outputs
+    at the input's size.
+    """
+    with _opened(data, max_pixels) as img:
+        orientation = _orientation(img)
+        width, height = img.size  # before the draft: the real resolution
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+        _draft(img, size)
+        with (budget or _NoBudget()).hold(img.size[0] * img.size[1]):
+            img.load()
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, 16-bit, float...
+                img = Image.fromarray(_to_rgb_array(img))
+            small = img.resize((size, size), Image.Resampling.BICUBIC)
+        return Decoded(_to_rgb_array(_transpose(small, orientation)), height, width)
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """An image whose header was read and checked; Pillow's errors become ImageDecodeError."""
     if not data:
         raise ImageDecodeError("empty file")
     try:
@@ -61,12 +114,7 @@ def decode_image(
                 raise ImageDecodeError(
                     f"too many pixels ({width * height / 1e6:.3g} MP > {max_pixels / 1e6:.3g} MP)"
                 )
-            if draft_size is not None and img.format in ("JPEG", "MPO"):
-                img.draft(None, (draft_size, draft_size))
-            # load() decodes everything now, so a truncated file fails here and not later.
-            img.load()
-            img = _upright(img)
-            return _to_rgb_array(img)
+            yield img
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -82,11 +130,35 @@ def decode_image(
         raise ImageDecodeError(f"corrupt image ({_first_line(err)})") from err
 
 
-def _upright(img: Image.Image) -> Image.Image:
+def _draft(img: Image.Image, size: int) -> None:
+    # JPEG only: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size.
+    if img.format in ("JPEG", "MPO"):
+        img.draft(None, (size, size))
+
+
+# EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def _orientation(img: Image.Image) -> int:
     try:
-        return ImageOps.exif_transpose(img)
+        return int(img.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF metadata should not reject otherwise good pixels
-        return img
+        return 1
+
+
+def _transpose(img: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSES.get(orientation)
+    return img.transpose(method) if method is not None else img
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

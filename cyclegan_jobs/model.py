@@ -10,13 +10,11 @@ Names, ours vs the paper (Zhu et al. 2017):
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from . import losses, storage
+from . import losses
 from .config import LossConfig, ModelConfig
 from .networks import build_discriminator, build_generator
 
@@ -266,15 +264,10 @@ class CycleGAN(keras.Model):
         return logs
 
     def translate(self, a, b):  # noqa: ANN001
-        """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float32 in [-1, 1]."""
-        fake_b = self.gen_ab(a, training=False)
-        fake_a = self.gen_ba(b, training=False)
-        return (
-            fake_b,
-            self.gen_ba(fake_b, training=False),
-            fake_a,
-            self.gen_ab(fake_a, training=False),
-        )
+        """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float in [-1, 1]."""
+        from .inference import cycle
+
+        return (*cycle(self.gen_ab, self.gen_ba, a), *cycle(self.gen_ba, self.gen_ab, b))
 
 
 def float32_copy(network: keras.Model, model_cfg: ModelConfig) -> keras.Model:
@@ -291,14 +284,3 @@ def set_determinism(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
         tf.config.experimental.enable_op_determinism()
-
-
-def load_generators(version_uri: str) -> dict[str, keras.Model]:
-    """generator_AB and generator_BA of a stored version, loaded with safe_mode=True."""
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("generator_AB", "generator_BA"):
-            local = Path(tmp) / f"{name}.keras"
-            local.write_bytes(storage.read_bytes(storage.join(version_uri, f"{name}.keras")))
-            out[name] = keras.saving.load_model(local, safe_mode=True)
-    return out

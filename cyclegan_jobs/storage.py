@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -15,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 S3_SCHEME = "s3://"
 # Enough parallel transfers to hide S3 latency, matched to the client's connection pool.
@@ -25,6 +33,19 @@ MAX_WORKERS = 16
 _META_PREFIX = ".cyclegan-meta."
 _TMP_PREFIX = ".tmp-cyclegan-"
 _CHUNK = 8 * 1024 * 1024
+
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+# A URI scheme (RFC 3986) at the start: "s3:", "gs:", "http:", "S3:", ... ("tfds:" is not ours).
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+# Current S3 bucket naming rules (also MinIO's and SeaweedFS'): 3-63 of a-z 0-9 . -
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4_RE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_EXPECTED = "expected s3://bucket/prefix or a local path"
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
@@ -45,7 +66,16 @@ class StorageError(RuntimeError):
 
 
 class NotFoundError(StorageError):
-    """The object or local folder does not exist (a missing bucket is a plain StorageError)."""
+    """The object or local folder does not exist (a missing bucket is a SystemicError)."""
+
+
+class SystemicError(StorageError):
+    """The store itself is unusable, not one object: unreachable endpoint, missing bucket,
+    refused credentials. Retrying other objects would fail the same way."""
+
+
+class InvalidURIError(StorageError, ValueError):
+    """A malformed URI, refused before any I/O (a ValueError too, as split_s3 always raised)."""
 
 
 _lock = threading.Lock()
@@ -86,7 +116,11 @@ def _build_client(endpoint_url: str | None) -> Any:
         endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     )
     config = Config(
-        retries={"max_attempts": 10, "mode": "standard"},
+        # Enough retries for throttling (503 SlowDown) while a dead endpoint fails in seconds;
+        # a stalled one is cut by the jobs' own stall deadline.
+        retries={"max_attempts": 6, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
         max_pool_connections=32,
         # SeaweedFS/MinIO behind a plain host:port cannot serve virtual-hosted bucket names.
         s3={"addressing_style": "path"} if effective else None,
@@ -100,25 +134,61 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith(S3_SCHEME)
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """Split 's3://bucket/key/prefix' into ('bucket', 'key/prefix'); ValueError for bad URIs."""
-    if not is_s3(uri):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+def check_uri(uri: str) -> str:
+    """Return `uri` unchanged if it is a well-formed s3://bucket/... URI or a local path.
+
+    Otherwise raise InvalidURIError, one line naming the URI and what is wrong: an empty
+    string, s3:// without a bucket or with an invalid bucket name, a misspelt s3 scheme
+    (s3:/x, s3:x, S3://x) or any other scheme (gs://, http://, file://, ...). A local path
+    whose first segment looks like a scheme must be written ./name: to be taken literally.
+    """
+    text = str(uri)
+    if not text.strip():
+        raise InvalidURIError(f"empty URI ({_EXPECTED})")
+    if is_s3(text):
+        _check_bucket(text, text[len(S3_SCHEME) :].partition("/")[0])
+        return text
+    scheme = _SCHEME_RE.match(text)
+    if scheme is None:
+        if "://" in text:
+            raise InvalidURIError(f"{text!r}: '://' inside a local path (a misplaced URI?)")
+        return text
+    name = scheme.group(0)[:-1]
+    if name.lower() == "s3":
+        # "./s3:x" is how to name such a local folder on purpose (not possible with "://").
+        hint = "" if "://" in text else f"; for a local path write './{text}'"
+        raise InvalidURIError(f"{text!r} is a malformed s3 URI (expected s3://bucket/prefix{hint})")
+    raise InvalidURIError(
+        f"{text!r}: unsupported URI scheme {name!r} (only s3://bucket/prefix and local paths)"
+    )
+
+
+def _check_bucket(uri: str, bucket: str) -> None:
     if not bucket:
-        raise ValueError(f"s3 URI has no bucket name: {uri!r} (expected s3://bucket/key)")
-    if not all(c.isalnum() or c in ".-_" for c in bucket):
-        raise ValueError(f"invalid bucket name {bucket!r} in {uri!r}")
+        raise InvalidURIError(f"{uri!r} has no bucket name (expected s3://bucket/prefix)")
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket or _IPV4_RE.fullmatch(bucket):
+        raise InvalidURIError(
+            f"invalid s3 bucket name {bucket!r} in {uri!r} (3-63 lowercase letters, digits, "
+            "'.' and '-', starting and ending with a letter or digit)"
+        )
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """Split 's3://bucket/key/prefix' into ('bucket', 'key/prefix'); InvalidURIError if bad."""
+    if not is_s3(uri):
+        raise InvalidURIError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = check_uri(uri)[len(S3_SCHEME) :].partition("/")
     return bucket, key
 
 
 def _local_path(uri: str | Path) -> Path:
-    text = str(uri)
-    if "://" in text:
-        raise ValueError(f"unsupported URI scheme (only s3:// and local paths): {text!r}")
-    if not text:
-        raise ValueError("empty path")
-    return Path(text)
+    # check_uri refuses "s3:/x" and friends, which would otherwise become a folder "./s3:".
+    # A Path is local by type (and pathlib drops the "./" of "./s3:x", so it cannot be checked).
+    if isinstance(uri, Path):
+        return uri
+    if is_s3(uri):
+        raise InvalidURIError(f"not a local path: {uri}")
+    return Path(check_uri(str(uri)))
 
 
 def join(base: str, *parts: str) -> str:
@@ -143,19 +213,22 @@ def _s3_errors(uri: str) -> Iterator[None]:
         code = str(error.get("Code", ""))
         if code == "NoSuchBucket":
             bucket = split_s3(uri)[0]
-            raise StorageError(f"bucket '{bucket}' does not exist ({uri})") from err
+            raise SystemicError(f"bucket '{bucket}' does not exist ({uri})") from err
         if code in _NOT_FOUND_CODES:
             raise NotFoundError(f"no such object: {uri}") from err
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _DENIED_CODES:
-            raise StorageError(f"access denied to {uri}") from err
+            raise SystemicError(f"access denied to {uri}") from err
         if status == 403:
             # e.g. InvalidAccessKeyId or SignatureDoesNotMatch: the credentials are wrong.
-            raise StorageError(f"access denied to {uri} ({code})") from err
+            raise SystemicError(f"access denied to {uri} ({code})") from err
         message = error.get("Message") or str(err)
         raise StorageError(f"S3 error {code} on {uri}: {message}") from err
+    except _UNREACHABLE as err:
+        # botocore retried already: the endpoint is down or stalled, for every object alike.
+        raise SystemicError(f"S3 endpoint unreachable for {uri}: {err}") from err
     except BotoCoreError as err:
-        # Connection, credential and endpoint problems: keep botocore's explanation.
+        # Credential and other client-side problems: keep botocore's explanation.
         raise StorageError(f"S3 request for {uri} failed: {err}") from err
 
 
@@ -232,7 +305,7 @@ def _walk_sorted(folder: str, rel_base: str) -> Iterator[ObjectInfo]:
                 uri=entry.path,
                 rel=rel,
                 size=stat.st_size,
-                etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+                etag=_local_etag(stat),
             )
 
 
@@ -267,7 +340,7 @@ def head(uri: str) -> dict:
         metadata = {}
     return {
         "size": stat.st_size,
-        "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+        "etag": _local_etag(stat),
         "metadata": metadata,
     }
 
@@ -294,23 +367,30 @@ def write_bytes(
     *,
     metadata: dict[str, str] | None = None,
     content_type: str | None = None,
-) -> None:
-    """Write an object in one PUT, or a local file atomically.
+) -> str:
+    """Write an object in one PUT, or a local file atomically; return its new ETag (as a
+    listing reports it).
 
     Local files keep `metadata` in a hidden sidecar (`.cyclegan-meta.<name>.json`, never listed),
     written after the file: a crash in between leaves the old metadata, which reads as stale.
     """
     if is_s3(uri):
-        _put_s3(uri, data, metadata=metadata, content_type=content_type)
-        return
+        return _put_s3(uri, data, metadata=metadata, content_type=content_type)
     with _atomic_local(uri) as fh:
         fh.write(data)
-    meta_path = _meta_path(_local_path(uri))
+    path = _local_path(uri)
+    meta_path = _meta_path(path)
     if metadata:
         with _atomic_local(meta_path) as fh:
             fh.write(json.dumps(metadata, sort_keys=True).encode())
     else:
         meta_path.unlink(missing_ok=True)
+    return _local_etag(path.stat())
+
+
+def _local_etag(stat: os.stat_result) -> str:
+    """A local file's stand-in for an ETag: it changes whenever the file is rewritten."""
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
 
 def _put_s3(
@@ -319,7 +399,7 @@ def _put_s3(
     *,
     metadata: dict[str, str] | None = None,
     content_type: str | None = None,
-) -> None:
+) -> str:
     bucket, key = split_s3(uri)
     extra: dict[str, Any] = {}
     if metadata:
@@ -329,7 +409,8 @@ def _put_s3(
     if content_type:
         extra["ContentType"] = content_type
     with _s3_errors(uri):
-        get_client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        resp = get_client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    return str(resp.get("ETag", "")).strip('"')
 
 
 @contextmanager
@@ -392,7 +473,7 @@ def upload_dir(local_dir: str | Path, prefix: str) -> list[str]:
 
 def download_dir(prefix: str, local_dir: str | Path) -> list[Path]:
     """Mirror of upload_dir: copy every object under `prefix` into `local_dir`; [] if none."""
-    root = Path(local_dir)
+    root = _local_path(local_dir)
     sources = list(list_objects(prefix, missing_ok=True))
 
     def fetch(info: ObjectInfo) -> Path:

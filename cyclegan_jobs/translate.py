@@ -1,49 +1,64 @@
 """The batch translation job: images under a prefix -> stylized results and reconstructions.
 
-list (streamed, sharded) -> check outputs (HEAD) -> GET + decode + resize (thread pool)
--> tf.data batches -> generator (+ the way back) in one compiled function -> encode + PUT
-(thread pool) -> manifest.jsonl, contact_sheet.png, and summary.json written last.
+    sources -> triage -> load -> batch (tf.data) -> infer -> store -> finish
 
-Memory stays bounded: at most a few batches of images are in flight, whatever the input count.
+The stages live in stages.py; this module runs them and keeps the run's records:
+<output>/_runs/<run_id>/run.json (written first: it proves the output is writable),
+manifest.jsonl (every input, exactly once), contact_sheet.png, and summary.json, written last.
+Memory stays bounded: decoded pixels in flight are capped (`pixel_budget`) and at most a few
+batches of small images are queued, whatever the input count or size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import re
 import secrets
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
-from . import images, registry, storage
-from .config import TranslateConfig, model_config_from_dict
+from . import images, ledger, registry, storage
+from .config import ModelConfig, TranslateConfig, model_config_from_dict
+from .stages import (
+    UP_TO_DATE,
+    Item,
+    Manifest,
+    PixelBudget,
+    StallClock,
+    Store,
+    Systemic,
+    Triage,
+    Workers,
+    failed_share,
+    load,
+    output_roots,
+    shard_of,
+    sources,
+    unsafe_reason,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# Object metadata keys (x-amz-meta-*) stored with every output.
-META_SOURCE_KEY, META_SOURCE_ETAG = "source-key", "source-etag"
-META_MODEL, META_DIRECTION = "model-version", "direction"
-UP_TO_DATE = "up to date"
+__all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
+
+log = logging.getLogger(__name__)
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Records still go up after a failure, but not forever if the store itself is what failed.
+_RECORDS_TIMEOUT_S = 30.0
 
 
 class TranslateError(RuntimeError):
-    """A systemic problem found before any work (no model, bad config, unreadable input...)."""
-
-
-def log(message: str) -> None:
-    print(f"[translate] {message}", file=sys.stderr, flush=True)
+    """A systemic problem: found before any work (no model, bad config, unreadable input...)
+    or one that stopped the run (the object store went away, the disk is full)."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -52,422 +67,473 @@ def new_run_id(now: datetime | None = None) -> str:
     )
 
 
-def shard_of(rel: str, count: int) -> int:
-    """A stable shard for a key: the same on every run and machine, independent of list order."""
-    return int.from_bytes(hashlib.sha1(rel.encode("utf-8")).digest()[:8], "big") % count
-
-
-def unsafe_reason(rel: str) -> str | None:
-    """Why a key can't name an output (it could escape a local output folder), or None."""
-    if not rel or rel.startswith("/") or "\\" in rel:
-        return "unsafe key (absolute path or backslash)"
-    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
-        return "unsafe key (control characters)"
-    if any(part in ("", ".", "..") for part in rel.split("/")):
-        return "unsafe key ('.', '..' or empty path segment)"
-    return None
-
-
-def output_rel(rel: str, fmt: str) -> str:
-    ext = ".png" if fmt == "png" else ".jpg"
-    return str(PurePosixPath(rel).with_suffix(ext))
-
-
 @dataclass
-class Item:
-    """One input on its way through the pipeline."""
+class Run:
+    """What one run knows and has done so far."""
 
-    info: storage.ObjectInfo
-    status: str = "ready"  # ready | skipped | failed | pending (dry run)
-    reason: str = ""
-    image: np.ndarray | None = None  # resized to the model's size, uint8
-    original_hw: tuple[int, int] = (0, 0)
-    extra: dict[str, Any] = field(default_factory=dict)
+    cfg: TranslateConfig
+    run_id: str
+    version: str
+    version_uri: str
+    model_cfg: ModelConfig
+    rule: ledger.Rule
+    index: ledger.HeadIndex
+    work: Path
+    manifest: Manifest
+    budget: PixelBudget
+    clock: StallClock
+    done: list[dict] = field(default_factory=list)  # ledger lines of what this run wrote
+    sheet: list[list[np.ndarray]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict(load_s=0.0, model_s=0.0))
+    first_batch: int = 0
+    precision: str | None = None
+    started: float = field(default_factory=time.time)
 
+    @property
+    def run_root(self) -> str:
+        return storage.join(self.cfg.output, "_runs", self.run_id)
 
-class Manifest:
-    """One JSON line per input, written as results come (thread-safe), counted by status."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = path.open("w", encoding="utf-8")
-        self._lock = threading.Lock()
-        self.counts: Counter[str] = Counter()
-        self.up_to_date = 0  # skipped because an earlier run already translated them
-
-    def add(self, key: str, status: str, reason: str = "", **extra: Any) -> None:
-        line = json.dumps({"key": key, "status": status, "reason": reason, **extra})
-        with self._lock:
-            self._file.write(line + "\n")
-            self.counts[status] += 1
-            self.up_to_date += reason == UP_TO_DATE
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def bounded_map(
-    fn: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoolExecutor, window: int
-) -> Iterator[Any]:
-    """pool.map that keeps at most `window` calls in flight and yields in completion order."""
-    pending: set[Future] = set()
-    for item in items:
-        pending.add(pool.submit(fn, item))
-        if len(pending) >= window:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (f.result() for f in done)
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield from (f.result() for f in done)
-
-
-class Translator:
-    """The generators of one model version, compiled for uint8 batches in, uint8 batches out."""
-
-    def __init__(
-        self,
-        version_uri: str,
-        model_cfg,  # noqa: ANN001 - a ModelConfig
-        direction: str,
-        precision: str,
-        reconstruct: bool,
-        strategy=None,  # noqa: ANN001 - default: MirroredStrategy over several GPUs, if any
-    ):
-        import tensorflow as tf
-
-        from .model import POLICIES, distribution_strategy, load_generators, resolve_precision
-        from .networks import build_generator
-
-        self.precision = resolve_precision(precision)
-        self.strategy = strategy or distribution_strategy()
-        loaded = load_generators(version_uri)
-        names = (
-            ("generator_BA", "generator_AB")
-            if direction == "b2a"
-            else ("generator_AB", "generator_BA")
-        )
-        with self.strategy.scope():
-            nets = []
-            for name in names if reconstruct else names[:1]:
-                net = build_generator(model_cfg, name=name, dtype=POLICIES[self.precision])
-                net.set_weights(loaded[name].get_weights())
-                nets.append(net)
-
-        def to_uint8(y):  # noqa: ANN001, ANN202
-            y = tf.cast(y, tf.float32)
-            return tf.cast(tf.round(tf.clip_by_value((y + 1.0) * 127.5, 0.0, 255.0)), tf.uint8)
-
-        @tf.function(reduce_retracing=True)
-        def run(batch):  # noqa: ANN001, ANN202
-            x = tf.cast(batch, tf.float32) / 127.5 - 1.0  # the seed's normalize()
-            y = nets[0](x, training=False)
-            outs = [to_uint8(y)]
-            if len(nets) > 1:  # the cycle back, fed the un-quantized stylized image
-                outs.append(to_uint8(nets[1](y, training=False)))
-            return outs
-
-        self._run = run
-
-    def __call__(self, batch) -> list[np.ndarray]:  # noqa: ANN001
-        if self.strategy.num_replicas_in_sync == 1:
-            return [o.numpy() for o in self._run(batch)]
-        # Each replica gets its own contiguous slice; results come back in replica order.
-        replicas = self.strategy.num_replicas_in_sync
-        per = -(-len(batch) // replicas)
-        shards = self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: batch[ctx.replica_id_in_sync_group * per :][:per]
-        )
-        per_replica = self.strategy.run(self._run, args=(shards,))
-        return [
-            np.concatenate([t.numpy() for t in self.strategy.experimental_local_results(o)])
-            for o in per_replica
-        ]
+    def record(self, item: Item) -> None:
+        """An item's end: its manifest line (and ledger line); a systemic error stops the run."""
+        if item.error is not None:
+            raise Systemic(str(item.error).splitlines()[0])
+        self.manifest.add(item)
+        self.clock.tick()
+        if item.status == "ok":
+            self.done.append(ledger.entry(item.info.rel, item.info.etag, self.rule, item.outputs))
 
 
 def translate(cfg: TranslateConfig) -> dict[str, Any]:
     """Run one translation job; returns the summary (also written to _runs/<run_id>/)."""
-    t0 = time.time()
-    run_id = cfg.run_id or new_run_id()
+    listing = _checked(sources(cfg), cfg.input)
+    run = _open_run(cfg)
+    triage = Triage(cfg, run.index)
+    items = (triage(info) for info in listing)
     try:
-        version_uri = registry.resolve(cfg.model)
-    except registry.RegistryError as err:
-        raise TranslateError(str(err)) from err
-    version = PurePosixPath(version_uri.rstrip("/")).name
-    model_cfg = model_config_from_dict(
-        storage.read_json(storage.join(version_uri, "config.json"))["model"]
-    )
-    size = model_cfg.image_size
+        if cfg.dry_run:
+            for item in items:
+                run.manifest.add(item)
+        else:
+            _run_pipeline(run, items, triage)
+    except Systemic as err:
+        summary = _finish(run, error=str(err))
+        raise TranslateError(
+            f"run {run.run_id} stopped: {err}. {summary['counts']['total']} input(s) settled "
+            f"are in {summary.get('manifest') or run.manifest.path}; a rerun does the rest"
+        ) from err
+    return _finish(run)
 
-    stylized_root = storage.join(cfg.output, "stylized")
-    recon_root = storage.join(cfg.output, "reconstructed")
-    run_root = storage.join(cfg.output, "_runs", run_id)
+
+def _open_run(cfg: TranslateConfig) -> Run:
+    """Check everything that would fail every image, before any work: the model version, the
+    run id, that the output can be written, and the listings the up-to-date rule needs."""
+    run_id = cfg.run_id or new_run_id()
+    if not _RUN_ID.fullmatch(run_id):
+        raise TranslateError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
+    version_uri, model_cfg = _resolve_model(cfg.model)  # only the pointer: the model loads later
+    version = PurePosixPath(version_uri.rstrip("/")).name
+    rule = ledger.Rule(version, cfg.direction, cfg.scope)
+    if not cfg.dry_run:
+        _check_writable(cfg, run_id, version)
+    try:
+        index = (
+            ledger.HeadIndex(cfg.output, rule)
+            if cfg.keys
+            else ledger.ListingIndex(cfg.output, rule, output_roots(cfg))
+        )
+    except storage.StorageError as err:
+        raise TranslateError(f"cannot list the outputs in {cfg.output}: {err}") from err
     work = Path(cfg.work_dir or tempfile.mkdtemp(prefix=f"cyclegan-{run_id}-"))
     work.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(_manifest_path(work, run_id))
+    return Run(
+        cfg=cfg,
+        run_id=run_id,
+        version=version,
+        version_uri=version_uri,
+        model_cfg=model_cfg,
+        rule=rule,
+        index=index,
+        work=work,
+        manifest=Manifest(work / f"{run_id}.manifest.jsonl"),
+        budget=PixelBudget(cfg.pixel_budget),
+        clock=StallClock(cfg.stall_timeout),
+    )
 
-    # The output may live under the input prefix: never translate our own results.
-    out_prefix, in_prefix = cfg.output.rstrip("/") + "/", cfg.input.rstrip("/") + "/"
-    own_rel = out_prefix[len(in_prefix) :] if out_prefix.startswith(in_prefix) else None
 
-    listing = _shard_objects(cfg) if cfg.keys else storage.list_objects(cfg.input)
-    try:  # systemic problems (missing bucket, access denied) surface here, before any work
-        first = next(listing, None)
-    except storage.StorageError as err:
-        raise TranslateError(f"cannot list {cfg.input}: {err}") from err
+def _resolve_model(model: str) -> tuple[str, ModelConfig]:
+    try:
+        version_uri = registry.resolve(model)
+        config_uri = storage.join(version_uri, registry.CONFIG_FILE)
+        config = storage.read_json(config_uri)
+        return version_uri, model_config_from_dict(config["model"])
+    except (registry.RegistryError, storage.StorageError) as err:
+        raise TranslateError(str(err)) from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise TranslateError(f"{config_uri} is not a model config: {err!r}") from err
 
-    def candidates() -> Iterator[storage.ObjectInfo]:
-        if first is not None:
-            yield first
-        yield from listing
 
-    index, count = cfg.shard
-
-    def targets(rel: str) -> list[str]:
-        roots = [stylized_root, recon_root] if cfg.reconstruct else [stylized_root]
-        return [storage.join(root, output_rel(rel, cfg.format)) for root in roots]
-
-    def prepare(info: storage.ObjectInfo) -> Item:
-        item = Item(info)
-        reason = unsafe_reason(info.rel)
-        if reason:
-            item.status, item.reason = "failed", reason
-            return item
-        if not info.rel.lower().endswith(IMAGE_SUFFIXES):
-            item.status, item.reason = "skipped", "not an image file extension"
-            return item
-        if _up_to_date(targets(info.rel), info.etag, version, cfg):
-            item.status, item.reason = "skipped", UP_TO_DATE
-            return item
-        if cfg.dry_run:
-            item.status, item.reason = "pending", "would be translated"
-            return item
-        try:
-            data = storage.read_bytes(info.uri)
-            picture = images.decode_image(data, max_pixels=cfg.max_pixels, draft_size=size)
-        except images.ImageDecodeError as err:
-            item.status, item.reason = "failed", err.reason
-            return item
-        except storage.StorageError as err:
-            item.status, item.reason = "failed", f"unreadable: {err}"
-            return item
-        item.original_hw = picture.shape[:2]
-        item.image = images.resize(picture, size)
-        item.extra = {
-            "input_bytes": len(data),
-            "width": picture.shape[1],
-            "height": picture.shape[0],
-        }
-        return item
-
-    in_flight: dict[int, Item] = {}
-    state = {"ready": 0, "last_log": time.time(), "model_s": 0.0, "load_s": 0.0, "load_n": 0}
-
-    def ready_items() -> Iterator[tuple[int, np.ndarray]]:
-        todo = (
-            i
-            for i in candidates()
-            if (own_rel is None or not i.rel.startswith(own_rel))
-            and shard_of(i.rel, count) == index
-        )
-        with ThreadPoolExecutor(cfg.workers, thread_name_prefix="get") as pool:
-            for item in bounded_map(prepare, todo, pool, window=cfg.workers + 2 * cfg.batch_size):
-                if item.status != "ready":
-                    manifest.add(item.info.rel, item.status, item.reason, etag=item.info.etag)
-                    continue
-                if cfg.limit is not None and state["ready"] >= cfg.limit:
-                    break  # what was fetched beyond the limit is dropped, not recorded
-                idx = state["ready"]
-                state["ready"] += 1
-                in_flight[idx] = item
-                yield idx, item.image
-
-    sheet: list[list[np.ndarray]] = []
-    sheet_lock = threading.Lock()
-
-    def write(idx: int, outs: list[np.ndarray]) -> None:
-        item = in_flight.pop(idx)
-        rel = item.info.rel
-        metadata = {
-            META_SOURCE_KEY: quote(rel, safe="/"),
-            META_SOURCE_ETAG: item.info.etag,
-            META_MODEL: version,
-            META_DIRECTION: cfg.direction,
-        }
-        if cfg.keep_size:
-            outs = [images.resize(o, item.original_hw) for o in outs]
-        # Fast PNG compression: encoding competes with the model for the same CPU cores.
-        encode = partial(images.encode_png, compress_level=1)
-        if cfg.format == "jpeg":
-            encode = images.encode_jpeg
-        content_type = "image/png" if cfg.format == "png" else "image/jpeg"
-        written = {}
-        try:
-            for uri, picture in zip(targets(rel), outs, strict=True):
-                data = encode(picture)
-                storage.write_bytes(uri, data, metadata=metadata, content_type=content_type)
-                written[uri] = len(data)
-        except storage.StorageError as err:
-            manifest.add(rel, "failed", f"write failed: {err}", etag=item.info.etag)
-            return
-        manifest.add(rel, "ok", etag=item.info.etag, outputs=written, **item.extra)
-        with sheet_lock:
-            if len(sheet) < cfg.contact_sheet_rows:
-                sheet.append([item.image, *(images.resize(o, size) for o in outs)])
-
-    translator: Translator | None = None
-    t_work = time.time()
-    if not cfg.dry_run:
-        import tensorflow as tf
-
-        dataset = (
-            tf.data.Dataset.from_generator(
-                ready_items,
-                output_signature=(
-                    tf.TensorSpec((), tf.int64),
-                    tf.TensorSpec((size, size, 3), tf.uint8),
-                ),
-            )
-            .batch(cfg.batch_size)
-            .prefetch(2)
-        )
-        with ThreadPoolExecutor(cfg.workers, thread_name_prefix="put") as put_pool:
-            pending: set[Future] = set()
-            for idx_batch, batch in dataset:
-                t = time.time()
-                if translator is None:  # only when there is work: a no-op rerun loads nothing
-                    translator = Translator(
-                        version_uri, model_cfg, cfg.direction, cfg.precision, cfg.reconstruct
-                    )
-                    outs = translator(batch)  # the first call also compiles
-                    state["load_s"], state["load_n"] = time.time() - t, len(batch)
-                else:
-                    outs = translator(batch)
-                    state["model_s"] += time.time() - t
-                for i, idx in enumerate(idx_batch.numpy()):
-                    pending.add(put_pool.submit(write, int(idx), [o[i] for o in outs]))
-                if len(pending) > 2 * cfg.batch_size:  # keep encoded-but-unwritten work bounded
-                    _, pending = wait(pending, return_when=FIRST_COMPLETED)
-                _progress(state, manifest, t_work)
-            for f in pending:
-                f.result()
-    else:
-        for _ in ready_items():
-            pass
-    manifest.close()
-
-    # Records: the manifest, the contact sheet, then the summary, last: a run without a
-    # summary is visibly incomplete.
-    work_s = time.time() - t_work
-    counts = manifest.counts
-    ok, failed = counts.get("ok", 0), counts.get("failed", 0)
-    failed_share = _failed_share(ok, failed, manifest.up_to_date)
-    summary: dict[str, Any] = {
+def _check_writable(cfg: TranslateConfig, run_id: str, version: str) -> None:
+    """run.json is the run's first record, and the proof that the output takes writes."""
+    record = {
         "run_id": run_id,
-        "status": "failed" if failed_share > cfg.max_failure_rate else "ok",
-        "dry_run": cfg.dry_run,
-        "model_version": version,
-        "model_uri": version_uri,
-        "precision": translator.precision if translator else None,
-        "direction": cfg.direction,
-        "scope": cfg.scope,
-        "shard": f"{index}/{count}",
+        "started_at": datetime.now(UTC).isoformat(),
         "input": cfg.input,
-        "counts": {
-            "total": sum(counts.values()),
-            "ok": ok,
-            "skipped": counts.get("skipped", 0),
-            "failed": failed,
-            "pending": counts.get("pending", 0),
-        },
-        "failed_share": round(failed_share, 4),
-        "max_failure_rate": cfg.max_failure_rate,
-        # Throughput after the first batch (model load and compile): what thousands of images
-        # see. A run of a single batch reports its overall rate.
-        "images_per_sec": round(_rate(ok, work_s, state), 3),
-        "timings": {
-            "work_s": round(work_s, 3),
-            "load_s": round(state["load_s"], 3),
-            "model_s": round(state["model_s"], 3),
-            "total_s": round(time.time() - t0, 3),
-        },
-        "stylized": stylized_root,
-        "reconstructed": recon_root if cfg.reconstruct else None,
+        "model_version": version,
     }
-    if not cfg.dry_run:
-        manifest_uri = storage.join(run_root, "manifest.jsonl")
-        storage.write_bytes(
-            manifest_uri, manifest.path.read_bytes(), content_type="application/x-ndjson"
+    uri = storage.join(cfg.output, "_runs", run_id, "run.json")
+    try:
+        storage.write_json(uri, record)
+    except (storage.StorageError, OSError) as err:
+        raise TranslateError(f"cannot write to the output {cfg.output}: {err}") from err
+
+
+def _checked(infos: Iterator[storage.ObjectInfo], prefix: str) -> Iterator[storage.ObjectInfo]:
+    """The sources, with a listing failure before the first key reported at once, as a setup
+    error, and one later on (the store went away mid-run) as a systemic one."""
+    try:
+        first = next(infos, None)
+    except storage.StorageError as err:
+        raise TranslateError(f"cannot list {prefix}: {err}") from err
+    return _after(first, infos, prefix)
+
+
+def _after(
+    first: storage.ObjectInfo | None, infos: Iterator[storage.ObjectInfo], prefix: str
+) -> Iterator[storage.ObjectInfo]:
+    if first is None:
+        return
+    yield first
+    try:
+        yield from infos
+    except storage.StorageError as err:
+        raise Systemic(f"listing {prefix} failed: {err}") from err
+
+
+class Feed:
+    """load -> the batch stage: a generator for tf.data, fed by the loader threads.
+
+    It runs in tf.data's own thread, so it never raises: a systemic error is kept in `error`
+    for the driver, and the stream simply ends.
+    """
+
+    def __init__(self, run: Run, items: Iterator[Item], loaders: Workers, window: int):
+        self.run, self.items, self.loaders, self.window = run, items, loaders, window
+        self.error: BaseException | None = None
+        self.stopped = False
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._loaded()
+        except BaseException as err:  # noqa: BLE001 - handed to the driver, not lost
+            self.error = err
+
+    def _loaded(self) -> Iterator[dict[str, Any]]:
+        limit, ready = self.run.cfg.limit, 0
+        for item in self.items:
+            if self.stopped:
+                return
+            if item.status != "ready":
+                self.run.record(item)
+                continue
+            if limit is not None and ready >= limit:
+                break
+            ready += 1
+            self.loaders.submit(item)
+            while self.loaders.pending >= self.window:
+                yield from self._take(self.loaders.next_result(self.run.clock))
+        while self.loaders.pending and not self.stopped:
+            yield from self._take(self.loaders.next_result(self.run.clock))
+
+    def _take(self, item: Item) -> Iterator[dict[str, Any]]:
+        if item.status != "ready" or item.error is not None:
+            self.run.record(item)
+            return
+        self.run.clock.tick()
+        yield {
+            "rel": item.info.rel,
+            "etag": item.info.etag,
+            "size": np.array([item.height, item.width, item.input_bytes], np.int64),
+            "image": item.image,
+        }
+
+
+def _signature(size: int) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {
+        "rel": tf.TensorSpec((), tf.string),
+        "etag": tf.TensorSpec((), tf.string),
+        "size": tf.TensorSpec((3,), tf.int64),  # upright height, width, input bytes
+        "image": tf.TensorSpec((size, size, 3), tf.uint8),
+    }
+
+
+def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
+    """load -> batch -> infer -> store, until every item is recorded."""
+    import tensorflow as tf
+
+    cfg, size = run.cfg, run.model_cfg.image_size
+    loaders = Workers(
+        "load", partial(load, size=size, max_pixels=cfg.max_pixels, budget=run.budget), cfg.workers
+    )
+    storers = Workers(
+        "store", Store(cfg.output, cfg.format, cfg.keep_size, run.rule, run.budget), cfg.workers
+    )
+    feed = Feed(run, items, loaders, window=cfg.workers + 2 * cfg.batch_size)
+    batches = (
+        tf.data.Dataset.from_generator(feed, output_signature=_signature(size))
+        .batch(cfg.batch_size)
+        .prefetch(1)
+    )
+    generators = None
+    try:
+        for batch in batches:
+            if generators is None:  # only when there is work: a no-op rerun loads nothing
+                generators = _load_generators(run)
+            outs = _infer(run, generators, batch["image"].numpy())
+            for i, item in enumerate(_items(batch, cfg.input)):
+                job_outs = [o[i] for o in outs]
+                if len(run.sheet) < cfg.contact_sheet_rows:
+                    run.sheet.append([item.image, *job_outs])
+                storers.submit((item, triage.targets(item.info.rel), job_outs))
+            while storers.pending > 2 * cfg.batch_size:  # encoded-but-unwritten work bounded
+                run.record(storers.next_result(run.clock))
+            _progress(run)
+        if feed.error is not None:
+            raise feed.error
+        while storers.pending:
+            run.record(storers.next_result(run.clock))
+    finally:
+        feed.stopped = True
+        loaders.close()
+        storers.close()
+
+
+def _load_generators(run: Run) -> Any:
+    from .inference import Generators
+
+    t = time.time()
+    log.info("loading model %s", run.version)
+    try:
+        generators = Generators.load(
+            run.version_uri, run.model_cfg, run.cfg.precision, names=_nets(run.cfg)
         )
-        summary["manifest"] = manifest_uri
-        if sheet:
-            titles = ["input", "stylized", "reconstructed"][: len(sheet[0])]
-            png = images.encode_png(
-                images.sample_grid(sheet, col_titles=titles, cell=max(128, size))
-            )
-            local = work / "contact_sheet.png"
-            local.write_bytes(png)
-            summary["contact_sheet"] = storage.join(run_root, "contact_sheet.png")
-            summary["contact_sheet_local"] = str(local)
-            storage.write_bytes(summary["contact_sheet"], png, content_type="image/png")
-        summary["summary"] = storage.join(run_root, "summary.json")
-        storage.write_json(summary["summary"], summary)
+    except registry.RegistryError as err:
+        raise Systemic(str(err)) from err
+    run.precision = generators.precision
+    run.timings["load_s"] = time.time() - t
+    run.clock.tick()
+    return generators
+
+
+def _nets(cfg: TranslateConfig) -> tuple[str, ...]:
+    from .inference import DIRECTION_NETS
+
+    names = DIRECTION_NETS[cfg.direction]
+    return names if cfg.reconstruct else names[:1]
+
+
+def _infer(run: Run, generators: Any, batch: np.ndarray) -> list[np.ndarray]:
+    t = time.time()
+    stylized, reconstructed = generators.translate(batch, run.cfg.direction, run.cfg.reconstruct)
+    if run.first_batch:
+        run.timings["model_s"] += time.time() - t
+    else:  # the first call also compiles: counted with the model load
+        run.first_batch = len(batch)
+        run.timings["load_s"] += time.time() - t
+    run.clock.tick()
+    return [stylized] if reconstructed is None else [stylized, reconstructed]
+
+
+def _items(batch: dict[str, Any], input_prefix: str) -> Iterator[Item]:
+    """The batch's items back from tensors (what the store stage needs of each)."""
+    fields = zip(
+        batch["rel"].numpy(),
+        batch["etag"].numpy(),
+        batch["size"].numpy(),
+        batch["image"].numpy(),
+        strict=True,
+    )
+    for rel, etag, (height, width, nbytes), image in fields:
+        key = rel.decode("utf-8")
+        info = storage.ObjectInfo(storage.join(input_prefix, key), key, -1, etag.decode())
+        yield Item(info, image=image, height=int(height), width=int(width), input_bytes=int(nbytes))
+
+
+def _progress(run: Run, every_s: float = 5.0) -> None:
+    now = time.time()
+    if now - run.timings.get("logged", run.started) < every_s:
+        return
+    run.timings["logged"] = now
+    c = run.manifest.counts
+    log.info(
+        "%d translated, %d skipped, %d failed | %.1f images/s",
+        c["ok"],
+        c["skipped"],
+        c["failed"],
+        c["ok"] / max(now - run.started, 1e-9),
+    )
+
+
+# finish -----------------------------------------------------------------------------------
+
+
+def _finish(run: Run, error: str | None = None) -> dict[str, Any]:
+    """The run's records: manifest, contact sheet, ledger segment, then the summary, last."""
+    run.manifest.close()
+    summary = _summary(run, error)
+    if not run.cfg.dry_run:
+        _write_records(run, summary, bounded=error is not None)
     c = summary["counts"]
-    log(
-        f"done: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed "
-        f"({summary['images_per_sec']} images/s); model {version}"
+    message = "%s: %d translated, %d skipped, %d failed (%s images/s); model %s"
+    log.log(
+        logging.ERROR if error else logging.INFO,
+        message,
+        "stopped" if error else "done",
+        c["ok"],
+        c["skipped"],
+        c["failed"],
+        summary["images_per_sec"],
+        run.version,
     )
     return summary
 
 
-def _shard_objects(cfg: TranslateConfig) -> Iterator[storage.ObjectInfo]:
-    """The inputs a shard file names (written by plan_shards), instead of a listing."""
+def _summary(run: Run, error: str | None) -> dict[str, Any]:
+    cfg, counts = run.cfg, run.manifest.counts
+    ok, failed = counts["ok"], counts["failed"]
+    share = failed_share(ok, failed, run.manifest.up_to_date)
+    work_s = time.time() - run.started
+    status = "aborted" if error else ("failed" if share > cfg.max_failure_rate else "ok")
+    return {
+        "run_id": run.run_id,
+        "status": status,
+        "error": error,
+        "dry_run": cfg.dry_run,
+        "model_version": run.version,
+        "model_uri": run.version_uri,
+        "precision": run.precision,
+        "direction": cfg.direction,
+        "scope": cfg.scope,
+        "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
+        "input": cfg.input,
+        "counts": {
+            "total": sum(counts.values()),
+            "ok": ok,
+            "skipped": counts["skipped"],
+            "failed": failed,
+            "pending": counts["pending"],
+        },
+        "failed_share": round(share, 4),
+        "max_failure_rate": cfg.max_failure_rate,
+        # Throughput after the first batch (model load and compile): what thousands of images
+        # see. A run of a single batch reports its overall rate.
+        "images_per_sec": round(_rate(run, ok, work_s), 3),
+        "pixel_budget": cfg.pixel_budget,
+        "peak_pixels_in_flight": run.budget.peak,
+        "head_requests": run.index.head_requests,
+        "timings": {
+            "load_s": round(run.timings["load_s"], 3),
+            "model_s": round(run.timings["model_s"], 3),
+            "total_s": round(work_s, 3),
+        },
+        "stylized": storage.join(cfg.output, "stylized"),
+        "reconstructed": storage.join(cfg.output, "reconstructed") if cfg.reconstruct else None,
+    }
+
+
+def _rate(run: Run, ok: int, work_s: float) -> float:
+    after_first, seconds = ok - run.first_batch, work_s - run.timings["load_s"]
+    if after_first > 0 and seconds > 0:
+        return after_first / seconds
+    return ok / work_s if ok and work_s > 0 else 0.0
+
+
+def _write_records(run: Run, summary: dict[str, Any], bounded: bool) -> None:
+    """Upload the records; after a systemic failure, give up after a while (the store may be
+    what failed) and say where the local copy of the manifest is."""
+    worker = threading.Thread(target=_upload_records, args=(run, summary), daemon=True)
+    worker.start()
+    worker.join(_RECORDS_TIMEOUT_S if bounded else None)
+    if worker.is_alive() or summary.get("records_error"):
+        log.error(
+            "could not store the run's records (%s); the manifest is kept at %s",
+            summary.get("records_error", "timed out"),
+            run.manifest.path,
+        )
+        summary["manifest_local"] = str(run.manifest.path)
+
+
+def _upload_records(run: Run, summary: dict[str, Any]) -> None:
     try:
-        entries = storage.read_json(cfg.keys)
-    except (storage.StorageError, ValueError) as err:
-        raise TranslateError(f"cannot read the shard file {cfg.keys}: {err}") from err
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("key"), str) for e in entries
-    ):
-        raise TranslateError(f"{cfg.keys} is not a shard file: expected [{{'key', 'etag'}}, ...]")
-    for e in entries:
-        uri = storage.join(cfg.input, e["key"])
-        yield storage.ObjectInfo(uri=uri, rel=e["key"], size=-1, etag=str(e.get("etag", "")))
+        manifest_uri = storage.join(run.run_root, "manifest.jsonl")
+        storage.write_bytes(
+            manifest_uri, run.manifest.path.read_bytes(), content_type="application/x-ndjson"
+        )
+        summary["manifest"] = manifest_uri
+        if run.sheet:
+            _write_contact_sheet(run, summary)
+        ledger.write_segment(run.cfg.output, run.run_id, run.done + run.index.adopted, run.index)
+        summary["summary"] = storage.join(run.run_root, "summary.json")
+        storage.write_json(summary["summary"], summary)
+    except (storage.StorageError, OSError) as err:
+        summary["records_error"] = str(err).splitlines()[0]
+
+
+def _write_contact_sheet(run: Run, summary: dict[str, Any]) -> None:
+    size = run.model_cfg.image_size
+    titles = ["input", "stylized", "reconstructed"][: len(run.sheet[0])]
+    png = images.encode_png(images.sample_grid(run.sheet, col_titles=titles, cell=max(128, size)))
+    local = run.work / "contact_sheet.png"
+    local.write_bytes(png)
+    summary["contact_sheet"] = storage.join(run.run_root, "contact_sheet.png")
+    summary["contact_sheet_local"] = str(local)
+    storage.write_bytes(summary["contact_sheet"], png, content_type="image/png")
+
+
+# planned runs (the nightly DAG) -----------------------------------------------------------
 
 
 def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
-    """What a run would translate (a dry run), cut into shard files of at most `shard_size` keys.
+    """What a run would translate (sources + triage, no pixels), cut into shard files of at most
+    `shard_size` keys.
 
     Shard files go to <output>/_runs/<run_id>/shards/NNNN.json (keys and ETags); `translate
     --keys URI` runs one of them as run `<run_id>-shardNNNN`. Keys that need no work (up to date,
-    not images, unsafe) are recorded in <output>/_runs/<run_id>/plan.jsonl for merge_runs.
-    Returns only URIs, run ids and counts: small enough for an Airflow XCom.
+    not images, unsafe, colliding) are recorded in <output>/_runs/<run_id>/plan.jsonl for
+    merge_runs. Returns only URIs, run ids and counts: small enough for an Airflow XCom.
     """
     if shard_size < 1:
         raise TranslateError(f"shard size must be >= 1, got {shard_size}")
-    run_id = cfg.run_id or new_run_id()
-    with tempfile.TemporaryDirectory(prefix=f"cyclegan-plan-{run_id}-") as work:
-        dry = translate(
-            replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=run_id, work_dir=work)
-        )
-        lines = _manifest_path(Path(work), run_id).read_text(encoding="utf-8").splitlines()
-    entries = [json.loads(line) for line in lines]
+    cfg = replace(cfg, dry_run=True, keys=None, shard=(0, 1), run_id=cfg.run_id or new_run_id())
+    listing = _checked(sources(cfg), cfg.input)
+    with tempfile.TemporaryDirectory(prefix=f"cyclegan-plan-{cfg.run_id}-") as work:
+        run = _open_run(replace(cfg, work_dir=work))
+        triage = Triage(cfg, run.index)
+        entries = [triage(info).record() for info in listing]
+        run.manifest.close()
     pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]
     settled = [e for e in entries if e["status"] != "pending"]
-    run_root = storage.join(cfg.output, "_runs", run_id)
+    run_root = run.run_root
     _write_jsonl(storage.join(run_root, "plan.jsonl"), settled)
     shards = []
     for i, start in enumerate(range(0, len(pending), shard_size)):
         uri = storage.join(run_root, "shards", f"{i:04d}.json")
         storage.write_json(uri, pending[start : start + shard_size])
-        shards.append({"keys": uri, "run_id": f"{run_id}-shard{i:04d}"})
+        shards.append({"keys": uri, "run_id": f"{cfg.run_id}-shard{i:04d}"})
+    ledger.write_segment(cfg.output, cfg.run_id, run.index.adopted, run.index)
     counts = Counter(e["status"] for e in entries)
-    log(
-        f"plan {run_id}: {len(pending)} to translate in {len(shards)} shard(s), "
-        f"{counts['skipped']} skipped, {counts['failed']} failed"
+    log.info(
+        "plan %s: %d to translate in %d shard(s), %d skipped, %d failed",
+        cfg.run_id,
+        len(pending),
+        len(shards),
+        counts["skipped"],
+        counts["failed"],
     )
     return {
-        "run_id": run_id,
-        "model_uri": dry["model_uri"],
+        "run_id": cfg.run_id,
+        "model_uri": run.version_uri,
         "shards": shards,
         "counts": {
             "pending": len(pending),
@@ -497,23 +563,18 @@ def merge_runs(
         entries += [json.loads(line) for line in text.splitlines() if line.strip()]
     counts = Counter(e["status"] for e in entries)
     ok, failed = counts["ok"], counts["failed"]
-    failed_share = _failed_share(ok, failed, sum(e.get("reason") == UP_TO_DATE for e in entries))
+    share = failed_share(ok, failed, sum(e.get("reason") == UP_TO_DATE for e in entries))
     shard_summaries = [
         storage.read_json(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
     ]
     sheet = next((s["contact_sheet"] for s in shard_summaries if s.get("contact_sheet")), None)
     summary = {
         "run_id": run_id,
-        "status": "failed" if failed_share > max_failure_rate else "ok",
+        "status": "failed" if share > max_failure_rate else "ok",
         "shards": shard_run_ids,
         "model_version": shard_summaries[0]["model_version"] if shard_summaries else None,
-        "counts": {
-            "total": len(entries),
-            "ok": ok,
-            "skipped": counts["skipped"],
-            "failed": failed,
-        },
-        "failed_share": round(failed_share, 4),
+        "counts": {"total": len(entries), "ok": ok, "skipped": counts["skipped"], "failed": failed},
+        "failed_share": round(share, 4),
         "max_failure_rate": max_failure_rate,
         "failures": [  # the first few, to read in the summary; all are in the manifest
             {"key": e["key"], "reason": e["reason"]} for e in entries if e["status"] == "failed"
@@ -525,57 +586,19 @@ def merge_runs(
     _write_jsonl(summary["manifest"], entries)
     storage.write_json(summary["summary"], summary)
     c = summary["counts"]
-    log(
-        f"run {run_id}: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed "
-        f"({failed_share:.1%}, max {max_failure_rate:.1%}) in {len(shard_run_ids)} shard(s)"
+    log.info(
+        "run %s: %d translated, %d skipped, %d failed (%.1f%%, max %.1f%%) in %d shard(s)",
+        run_id,
+        c["ok"],
+        c["skipped"],
+        c["failed"],
+        100 * share,
+        100 * max_failure_rate,
+        len(shard_run_ids),
     )
     return summary
-
-
-def _manifest_path(work: Path, run_id: str) -> Path:
-    """Where a run writes its manifest while it works (uploaded when the run ends)."""
-    return work / f"{run_id}.manifest.jsonl"
-
-
-def _failed_share(ok: int, failed: int, up_to_date: int) -> float:
-    """The share of image inputs that failed, counting those an earlier run already did."""
-    seen = ok + failed + up_to_date
-    return failed / seen if seen else 0.0
 
 
 def _write_jsonl(uri: str, entries: list[dict]) -> None:
     body = "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8")
     storage.write_bytes(uri, body, content_type="application/x-ndjson")
-
-
-def _rate(ok: int, work_s: float, state: dict) -> float:
-    after_first, seconds = ok - state["load_n"], work_s - state["load_s"]
-    if after_first > 0 and seconds > 0:
-        return after_first / seconds
-    return ok / work_s if ok and work_s > 0 else 0.0
-
-
-def _up_to_date(uris: list[str], etag: str, version: str, cfg: TranslateConfig) -> bool:
-    for uri in uris:
-        try:
-            meta = storage.head(uri)["metadata"]
-        except storage.NotFoundError:
-            return False
-        if meta.get(META_SOURCE_ETAG) != etag or meta.get(META_DIRECTION) != cfg.direction:
-            return False
-        if cfg.scope == "all" and meta.get(META_MODEL) != version:
-            return False
-    return True
-
-
-def _progress(state: dict, manifest: Manifest, t_work: float) -> None:
-    now = time.time()
-    if now - state["last_log"] < 2.0:
-        return
-    state["last_log"] = now
-    c = manifest.counts
-    rate = c.get("ok", 0) / max(now - t_work, 1e-9)
-    log(
-        f"{c.get('ok', 0)} translated, {c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed "
-        f"| {rate:.1f} images/s"
-    )

@@ -183,8 +183,10 @@ def test_client_configuration(aws_env: None, monkeypatch: pytest.MonkeyPatch) ->
         assert client is storage.get_client()
         assert client.meta.endpoint_url == "http://127.0.0.1:1"
         assert client.meta.config.s3["addressing_style"] == "path"
-        # botocore's max_attempts=10 counts retries, so 11 tries in all.
-        assert client.meta.config.retries == {"total_max_attempts": 11, "mode": "standard"}
+        # botocore's max_attempts=6 counts retries, so 7 tries in all; bounded waits, so a dead
+        # endpoint fails in seconds instead of minutes.
+        assert client.meta.config.retries == {"total_max_attempts": 7, "mode": "standard"}
+        assert client.meta.config.connect_timeout <= 10 and client.meta.config.read_timeout <= 60
         assert client.meta.config.max_pool_connections == 32
 
         # An endpoint from the environment (read by boto3 itself) also gets path-style.

@@ -15,7 +15,7 @@ from helpers import tiny_config
 from cyclegan_jobs import losses, registry, storage
 from cyclegan_jobs.config import TrainConfig, preset
 from cyclegan_jobs.datasets import DataError
-from cyclegan_jobs.model import load_generators
+from cyclegan_jobs.inference import load_generators
 from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import write_npy, write_sample_domains
 from cyclegan_jobs.train import TrainingError, train

@@ -59,7 +59,7 @@ def _cfg(inp: str, out: str, store: str, **changes) -> TranslateConfig:
 
 
 def _outputs(out: str) -> dict[str, list[str]]:
-    found = {"stylized": [], "reconstructed": [], "_runs": []}
+    found = {"stylized": [], "reconstructed": [], "_runs": [], "_ledger": []}
     for info in storage.list_objects(out):
         found[info.rel.split("/", 1)[0]].append(info.rel.split("/", 1)[1])
     return found
@@ -337,13 +337,13 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.config import model_config_from_dict
-from cyclegan_jobs.translate import Translator
+from cyclegan_jobs.inference import Generators
 uri = registry.resolve(sys.argv[1])
 cfg = model_config_from_dict(storage.read_json(storage.join(uri, "config.json"))["model"])
 batch = np.random.default_rng(0).integers(0, 256, (5, cfg.image_size, cfg.image_size, 3), np.uint8)
-one = Translator(uri, cfg, "b2a", "float32", True)(batch)
-two = Translator(uri, cfg, "b2a", "float32", True,
-                 strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))(batch)
+one = Generators.load(uri, cfg, "float32").translate(batch, "b2a")
+two = Generators.load(uri, cfg, "float32", strategy=tf.distribute.MirroredStrategy(
+    ["/cpu:0", "/cpu:1"])).translate(batch, "b2a")
 assert [o.shape for o in two] == [(5, cfg.image_size, cfg.image_size, 3)] * 2
 assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(one, two))
 print("same")

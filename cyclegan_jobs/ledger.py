@@ -1,0 +1,178 @@
+"""What earlier runs already translated, for the up-to-date rule, at a few requests per run.
+
+An output pair is up to date when its source has the same ETag (and direction; with scope
+"all" also the same model version). That provenance is stored on every output (object
+metadata), but reading it costs a HEAD per output. Instead, each run appends a ledger segment,
+`<output>/_ledger/<run_id>.jsonl`, one line per input it translated:
+
+    {"key": "people/a.jpg", "etag": "<source ETag>", "model": "v...", "direction": "b2a",
+     "outputs": {"stylized/people/a.png": "<output ETag>", ...}}
+
+A rerun lists the output folders (1,000 keys a request) and the ledger, and trusts a line only
+while every output it names still has the recorded ETag, so an output deleted or overwritten
+since (by hand, or by a run in the other direction) is not mistaken for done. Outputs with no
+trusted line (written by an older version of this job, or by a run killed before it wrote its
+segment) fall back to HEAD requests once; their provenance is then adopted into the new
+segment. After COMPACT_AFTER segments a run writes every trusted line into its own segment and
+deletes the segments it read, so the ledger stays a handful of objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from . import storage
+
+log = logging.getLogger(__name__)
+
+LEDGER_DIR = "_ledger"
+COMPACT_AFTER = 32
+# Object metadata keys (x-amz-meta-*) stored with every output.
+META_SOURCE_KEY, META_SOURCE_ETAG = "source-key", "source-etag"
+META_MODEL, META_DIRECTION = "model-version", "direction"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What "up to date" means for this run."""
+
+    version: str
+    direction: str
+    scope: str  # new: the same source ETag is enough; all: the same model version too
+
+    def satisfied(self, source_etag: str, done_etag: str, model: str, direction: str) -> bool:
+        if done_etag != source_etag or direction != self.direction:
+            return False
+        return self.scope != "all" or model == self.version
+
+    def metadata(self, rel: str, etag: str) -> dict[str, str]:
+        """The provenance stored on each output of input `rel`."""
+        return {
+            META_SOURCE_KEY: quote(rel, safe="/"),
+            META_SOURCE_ETAG: etag,
+            META_MODEL: self.version,
+            META_DIRECTION: self.direction,
+        }
+
+
+class HeadIndex:
+    """Up to date by asking each output (2 HEADs an input): for a shard file's few keys."""
+
+    def __init__(self, output: str, rule: Rule):
+        self.output, self.rule = output, rule
+        self.adopted: list[dict] = []
+        self.head_requests = 0
+
+    def up_to_date(self, rel: str, etag: str, targets: list[str]) -> bool:
+        outputs = {}
+        for target in targets:
+            self.head_requests += 1
+            try:
+                head = storage.head(storage.join(self.output, target))
+            except storage.NotFoundError:
+                return False
+            meta = head["metadata"]
+            done = self.rule.satisfied(
+                etag,
+                meta.get(META_SOURCE_ETAG, ""),
+                meta.get(META_MODEL, ""),
+                meta.get(META_DIRECTION, ""),
+            )
+            if not done:
+                return False
+            outputs[target] = head["etag"]
+        self.adopted.append(entry(rel, etag, self.rule, outputs))
+        return True
+
+
+class ListingIndex(HeadIndex):
+    """Up to date from listings of the outputs and the ledger (a few requests per 1,000)."""
+
+    def __init__(self, output: str, rule: Rule, roots: Iterable[str]):
+        super().__init__(output, rule)
+        self.listed: dict[str, str] = {}  # "stylized/a.png" -> ETag
+        for root in roots:
+            for info in storage.list_objects(storage.join(output, root), missing_ok=True):
+                self.listed[f"{root}/{info.rel}"] = info.etag
+        self.segments = [
+            info.uri
+            for info in storage.list_objects(
+                storage.join(output, LEDGER_DIR), suffixes=(".jsonl",), missing_ok=True
+            )
+        ]
+        self.trusted: dict[str, dict] = {}
+        for uri in self.segments:
+            for line in _read_segment(uri):
+                if self._current(line["outputs"]):
+                    self.trusted[line["key"]] = line
+        log.info(
+            "ledger: %d output(s) listed, %d trusted entries in %d segment(s)",
+            len(self.listed),
+            len(self.trusted),
+            len(self.segments),
+        )
+
+    def _current(self, outputs: dict[str, str]) -> bool:
+        return bool(outputs) and all(self.listed.get(k) == v for k, v in outputs.items())
+
+    def up_to_date(self, rel: str, etag: str, targets: list[str]) -> bool:
+        if any(target not in self.listed for target in targets):
+            return False
+        line = self.trusted.get(rel)
+        if line is not None and all(line["outputs"].get(t) == self.listed[t] for t in targets):
+            return self.rule.satisfied(etag, line["etag"], line["model"], line["direction"])
+        return super().up_to_date(rel, etag, targets)  # no ledger line: ask the outputs once
+
+
+def entry(rel: str, etag: str, rule: Rule, outputs: dict[str, str]) -> dict:
+    """The ledger line of one input (outputs: key under <output> -> ETag)."""
+    return {
+        "key": rel,
+        "etag": etag,
+        "model": rule.version,
+        "direction": rule.direction,
+        "outputs": outputs,
+    }
+
+
+def _read_segment(uri: str) -> list[dict]:
+    try:
+        text = storage.read_bytes(uri).decode("utf-8", errors="replace")
+    except storage.NotFoundError:  # compacted away by a concurrent run: its lines live on
+        return []
+    lines = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+            if isinstance(line.get("key"), str) and isinstance(line.get("outputs"), dict):
+                lines.append(line)
+        except (ValueError, AttributeError):
+            continue  # a damaged line only costs a HEAD for that input
+    if len(lines) < len(text.splitlines()):
+        log.warning("ledger: ignored damaged lines in %s", uri)
+    return lines
+
+
+def write_segment(output: str, run_id: str, lines: list[dict], index: HeadIndex | None) -> None:
+    """Store this run's ledger segment; compact the ledger when it has grown long."""
+    segments = index.segments if isinstance(index, ListingIndex) else []
+    compact = len(segments) >= COMPACT_AFTER
+    if compact:
+        lines = [*index.trusted.values(), *lines]  # type: ignore[union-attr]
+    if not lines:
+        return
+    mine = storage.join(output, LEDGER_DIR, f"{run_id}.jsonl")
+    # A retried run (same id, e.g. an Airflow shard task) keeps what its first attempt wrote.
+    keys = {line["key"] for line in lines}
+    lines = [line for line in _read_segment(mine) if line["key"] not in keys] + lines
+    body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode("utf-8")
+    storage.write_bytes(mine, body, content_type="application/x-ndjson")
+    if compact:
+        for uri in segments:
+            if uri != mine:
+                storage.delete(uri)
+        log.info("ledger: compacted %d segment(s) into %s.jsonl", len(segments), run_id)
