@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -93,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--keys", default=None, help="a shard file from `plan`: translate only these")
     x.add_argument("--dry-run", action="store_true", help="list what would be done; no writes")
     x.add_argument("--max-failure-rate", type=float, default=0.1)
-    x.add_argument("--max-pixels", type=_positive, default=50_000_000)
+    x.add_argument("--max-pixels", type=_positive, default=50_000_000, help="larger inputs fail")
+    x.add_argument("--pixel-budget", type=_positive, default=100_000_000,
+                   help="decoded pixels in flight over all threads (bounds memory)")  # fmt: skip
+    x.add_argument("--feed-processes", type=int, default=0, help="worker processes for GET/"
+                   "decode and encode/PUT instead of threads (0: threads)")  # fmt: skip
+    x.add_argument("--stall-timeout", type=float, default=120.0,
+                   help="seconds without progress before the run stops (exit 2)")  # fmt: skip
     x.add_argument("--run-id", default=None)
     x.add_argument("--work-dir", default=None)
     _add_storage_args(x)
@@ -169,29 +176,24 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _config(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """A job config from the flags that share its fields' names, plus `values`."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names and k not in values}
+    return cls(**flags, **values)
+
+
 def _translate(args: argparse.Namespace) -> dict[str, Any]:
     from .config import TranslateConfig
     from .translate import translate
 
-    cfg = TranslateConfig(
-        input=args.input,
-        output=args.output,
+    cfg = _config(
+        TranslateConfig,
+        args,
         model=args.model or args.model_store,
-        direction=args.direction,
-        batch_size=args.batch_size,
         reconstruct=not args.no_reconstruct,
-        keep_size=args.keep_size,
-        format=args.format,
-        precision=args.precision,
-        shard=args.shard,
-        scope=args.scope,
-        limit=args.limit,
-        keys=args.keys,
-        dry_run=args.dry_run,
-        max_failure_rate=args.max_failure_rate,
-        max_pixels=args.max_pixels,
-        run_id=args.run_id,
-        work_dir=args.work_dir,
     )
     return translate(cfg)
 
@@ -229,16 +231,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     from .config import TranslateConfig
     from .translate import plan_shards
 
-    cfg = TranslateConfig(
-        input=args.input,
-        output=args.output,
-        model=args.model,
-        direction=args.direction,
-        scope=args.scope,
-        format=args.format,
-        run_id=args.run_id,
-    )
-    return plan_shards(cfg, args.shard_size)
+    return plan_shards(_config(TranslateConfig, args), args.shard_size)
 
 
 def _merge(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,30 +259,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     model_cfg, loss_cfg = preset(args.preset, args.image_size)
     if args.learning_rate is not None:
         loss_cfg = dataclasses.replace(loss_cfg, learning_rate=args.learning_rate)
-    cfg = TrainConfig(
-        domain_a=args.domain_a,
-        domain_b=args.domain_b,
-        model_store=args.model_store,
-        model=model_cfg,
-        loss=loss_cfg,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        jitter=args.jitter,
-        holdout=args.holdout,
-        limit=args.limit,
-        precision=args.precision,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        run_id=args.run_id,
-        work_dir=args.work_dir,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        log_every=args.log_every,
-        stop_after=args.stop_after,
-        max_minutes=args.max_minutes,
-        promote=args.promote,
-    )
+    cfg = _config(TrainConfig, args, model=model_cfg, loss=loss_cfg)
     return train(cfg)
 
 
@@ -316,6 +286,32 @@ def _sample_data(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+# Arguments naming an object, folder or prefix (s3:// or local); domains may also be tfds:NAME.
+_URI_ARGS = ("input", "output", "model", "model_store", "candidate", "keys", "out", "result_file")
+_DOMAIN_ARGS = ("domain_a", "domain_b")
+
+
+def _check_uri_args(args: argparse.Namespace) -> None:
+    """Refuse a malformed URI argument before any work: InvalidURIError naming the flag."""
+    from .storage import InvalidURIError, check_uri, is_s3
+
+    for dest in (*_URI_ARGS, *_DOMAIN_ARGS, "work_dir"):
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        try:
+            if dest in _DOMAIN_ARGS and value.startswith("tfds:"):
+                if not value[len("tfds:") :].strip(":"):
+                    raise InvalidURIError(f"{value!r} names no tfds dataset (e.g. tfds:cycle_gan)")
+                continue
+            check_uri(value)
+            if dest == "work_dir" and is_s3(value):
+                raise InvalidURIError(f"{value!r} is not a local folder")
+        except InvalidURIError as err:
+            raise InvalidURIError(f"{flag}: {err}") from None
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Bad input or configuration (ConfigError and DataError are ValueErrors)."""
     from .registry import RegistryError
@@ -325,10 +321,22 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, RegistryError, StorageError, TranslateError)
 
 
+def _log_to_stderr() -> None:
+    """The library logs through `logging`; a command line shows INFO and up on stderr."""
+    root = logging.getLogger("cyclegan_jobs")
+    if not any(getattr(h, "_cyclegan_cli", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+        handler._cyclegan_cli = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def run(argv: list[str]) -> tuple[int, Any]:
     """Run one command in this process: (exit code, result). Errors are printed, not raised."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise in job logs
+    _log_to_stderr()
     from . import storage
 
     if args.endpoint_url:
@@ -345,6 +353,7 @@ def run(argv: list[str]) -> tuple[int, Any]:
         "new-data": _new_data,
     }[args.command]
     try:
+        _check_uri_args(args)
         result = handler(args)
     except _known_errors() as err:
         print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)

@@ -188,7 +188,10 @@ class TranslateConfig:
     # (RGB to RGBA with copies), so a 4 GB worker survives a folder of 49 MP scans.
     pixel_budget: int = 100_000_000
     stall_timeout: float = 120.0  # seconds without any progress: stop (exit 2), keep records
-    workers: int = 16
+    workers: int = 16  # threads for load and for store (GETs/PUTs in flight, each)
+    # Worker processes for load and store instead of threads: past ~1 core of S3 requests a
+    # process is GIL-bound; a many-core GPU machine wants about 2 per core. 0: threads only.
+    feed_processes: int = 0
     run_id: str | None = None
     work_dir: str | None = None  # local scratch (manifest, contact sheet copy)
     contact_sheet_rows: int = 8
@@ -209,6 +212,7 @@ class TranslateConfig:
             (0.0 <= self.max_failure_rate <= 1.0, "max failure rate must be in [0, 1]"),
             (self.max_pixels >= 1 and self.workers >= 1, "max pixels and workers must be >= 1"),
             (self.pixel_budget >= 1, "pixel budget must be >= 1"),
+            (self.feed_processes >= 0, "feed processes must be >= 0"),
             (self.stall_timeout > 0, "stall timeout must be > 0 seconds"),
         ]
         bad = [message for ok, message in problems if not ok]

@@ -152,6 +152,9 @@ def list_versions(store: str) -> list[dict]:
     A version whose VERSION.json is damaged is skipped with a warning naming the file; a
     damaged PROMOTED.json raises RegistryError (see promoted()).
     """
+    # First, so that a damaged pointer (or promoted version) is one error, not also a warning.
+    current = promoted(store)
+    current_version = current["version"] if current else None
     root = storage.join(store, "versions")
     records = []
     for info in storage.list_objects(root, suffixes=(VERSION_FILE,), missing_ok=True):
@@ -162,8 +165,6 @@ def list_versions(store: str) -> list[dict]:
             records.append(_read_record(store, info.rel.split("/")[0]))
         except RegistryError as err:
             log.warning("skipping a damaged version: %s", err)
-    current = promoted(store)
-    current_version = current["version"] if current else None
     versions = [
         {
             "version": r["version"],

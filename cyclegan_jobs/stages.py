@@ -3,8 +3,9 @@
 sources -> triage -> load -> (batch, infer: in translate.py) -> store -> records
 
 Every stage takes an `Item` and returns it with a status; an exception in one image's path
-fails that image with the stage and the reason, and the run goes on. Only a `Systemic` error
-(the store is unreachable, the disk is full) stops the run.
+fails that image with the stage and the reason, and the run goes on. Only a systemic error
+(the store is unreachable, the disk is full) stops the run. The stages run in threads or in
+worker processes (workers.py), so they take and return plain, picklable items.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import errno
 import hashlib
 import json
 import logging
-import queue
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 
 from . import images, ledger, storage
 from .config import TranslateConfig
+from .workers import PixelBudget, child_budget
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 UP_TO_DATE = "up to date"
 # A full or read-only disk fails every write alike: stop instead of failing each image.
 _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
-
-
-class Systemic(RuntimeError):
-    """A failure that is not one image's: the run stops, keeps what it did, and exits 2."""
 
 
 @dataclass
@@ -172,33 +167,14 @@ class Triage:
 # 3. load ----------------------------------------------------------------------------------
 
 
-class PixelBudget:
-    """Decoded pixels in flight, across threads: a picture waits until it fits. One picture
-    alone is always let in, so a single image larger than the budget still goes through."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used, self.peak = limit, 0, 0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
-            self.used += pixels
-            self.peak = max(self.peak, self.used)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.used -= pixels
-                self._cond.notify_all()
-
-
-def load(item: Item, *, size: int, max_pixels: int, budget: PixelBudget) -> Item:
-    """GET and decode one input into the model's size, within the pixel budget."""
+def load(item: Item, *, size: int, max_pixels: int, budget: PixelBudget | None = None) -> Item:
+    """GET and decode one input into the model's size, within the pixel budget (in a worker
+    process: the budget it shares with the others)."""
     try:
         data = storage.read_bytes(item.info.uri)
-        decoded = images.decode_for_model(data, size, max_pixels=max_pixels, budget=budget)
+        decoded = images.decode_for_model(
+            data, size, max_pixels=max_pixels, budget=budget or child_budget()
+        )
     except images.ImageDecodeError as err:
         return item.fail(err.reason)
     except storage.SystemicError as err:
@@ -225,7 +201,7 @@ class Store:
     fmt: str
     keep_size: bool
     rule: ledger.Rule
-    budget: PixelBudget
+    budget: PixelBudget | None = None  # None in a worker process: the one it shares
 
     def __call__(self, job: tuple[Item, list[str], list[np.ndarray]]) -> Item:
         item, targets, outs = job
@@ -249,7 +225,8 @@ class Store:
         metadata = self.rule.metadata(item.info.rel, item.info.etag)
         content_type = "image/png" if self.fmt == "png" else "image/jpeg"
         pixels = item.height * item.width * len(outs) if self.keep_size else 0
-        with self.budget.hold(pixels):
+        budget = self.budget or child_budget() or PixelBudget(pixels or 1)
+        with budget.hold(pixels):
             for target, picture in zip(targets, outs, strict=True):
                 if self.keep_size:
                     picture = images.resize(picture, (item.height, item.width))
@@ -265,66 +242,6 @@ def _encode(picture: np.ndarray, fmt: str) -> bytes:
     if fmt == "png":
         return images.encode_png(picture, compress_level=1)
     return images.encode_jpeg(picture)
-
-
-# Threads ----------------------------------------------------------------------------------
-
-
-class Workers:
-    """Daemon threads applying `fn` to submitted jobs; results come back on a queue.
-
-    Daemon threads, because a thread stuck in a stalled request must not keep the process
-    alive after the stall deadline has stopped the run. `fn` must not raise.
-    """
-
-    def __init__(self, name: str, fn: Callable[[Any], Any], count: int):
-        self._inbox: queue.Queue = queue.Queue()
-        self.results: queue.Queue = queue.Queue()
-        self.pending, self._count = 0, count
-        self._fn = fn
-        for i in range(count):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
-
-    def _work(self) -> None:
-        while (job := self._inbox.get()) is not None:
-            self.results.put(self._fn(job))
-
-    def submit(self, job: Any) -> None:
-        self.pending += 1
-        self._inbox.put(job)
-
-    def next_result(self, clock: StallClock) -> Any:
-        """The next result; Systemic when nothing at all progressed for the stall deadline."""
-        while True:
-            try:
-                result = self.results.get(timeout=1.0)
-            except queue.Empty:
-                clock.check()
-                continue
-            self.pending -= 1
-            return result
-
-    def close(self) -> None:
-        for _ in range(self._count):
-            self._inbox.put(None)
-
-
-class StallClock:
-    """The stall deadline: any stage that finishes something resets it."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.last = seconds, time.monotonic()
-
-    def tick(self) -> None:
-        self.last = time.monotonic()
-
-    def check(self) -> None:
-        idle = time.monotonic() - self.last
-        if idle > self.seconds:
-            raise Systemic(
-                f"no progress for {idle:.0f} s (stall deadline {self.seconds:g} s): "
-                "the object store stopped answering?"
-            )
 
 
 # 6. records -------------------------------------------------------------------------------

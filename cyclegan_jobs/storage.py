@@ -81,6 +81,7 @@ class InvalidURIError(StorageError, ValueError):
 _lock = threading.Lock()
 _endpoint_url: str | None = None
 _client: Any | None = None
+_injected = False
 
 
 def configure(*, endpoint_url: str | None = None, client: Any | None = None) -> None:
@@ -88,10 +89,21 @@ def configure(*, endpoint_url: str | None = None, client: Any | None = None) -> 
 
     Calling it without arguments resets to the defaults (a fresh client from the environment).
     """
-    global _endpoint_url, _client
+    global _endpoint_url, _client, _injected
     with _lock:
         _endpoint_url = endpoint_url
         _client = client
+        _injected = client is not None
+
+
+def endpoint_url() -> str | None:
+    """The endpoint set with configure() (None: boto3's default or AWS_ENDPOINT_URL)."""
+    return _endpoint_url
+
+
+def injected_client() -> bool:
+    """True when configure() was given a ready client (which other processes cannot share)."""
+    return _injected
 
 
 def get_client() -> Any:

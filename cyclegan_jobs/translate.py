@@ -34,12 +34,8 @@ from .stages import (
     UP_TO_DATE,
     Item,
     Manifest,
-    PixelBudget,
-    StallClock,
     Store,
-    Systemic,
     Triage,
-    Workers,
     failed_share,
     load,
     output_roots,
@@ -47,6 +43,7 @@ from .stages import (
     sources,
     unsafe_reason,
 )
+from .workers import PixelBudget, Processes, StallClock, Systemic, Threads
 
 __all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
 
@@ -216,7 +213,7 @@ class Feed:
     for the driver, and the stream simply ends.
     """
 
-    def __init__(self, run: Run, items: Iterator[Item], loaders: Workers, window: int):
+    def __init__(self, run: Run, items: Iterator[Item], loaders: Any, window: int):
         self.run, self.items, self.loaders, self.window = run, items, loaders, window
         self.error: BaseException | None = None
         self.stopped = False
@@ -273,13 +270,21 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     import tensorflow as tf
 
     cfg, size = run.cfg, run.model_cfg.image_size
-    loaders = Workers(
-        "load", partial(load, size=size, max_pixels=cfg.max_pixels, budget=run.budget), cfg.workers
-    )
-    storers = Workers(
-        "store", Store(cfg.output, cfg.format, cfg.keep_size, run.rule, run.budget), cfg.workers
-    )
-    feed = Feed(run, items, loaders, window=cfg.workers + 2 * cfg.batch_size)
+    pool = Processes(cfg.feed_processes, cfg.pixel_budget) if cfg.feed_processes else None
+    if pool is not None:  # the children share one budget; stages find it there
+        run.budget = pool.budget
+        loaders = pool.stage(partial(load, size=size, max_pixels=cfg.max_pixels))
+        storers = pool.stage(Store(cfg.output, cfg.format, cfg.keep_size, run.rule))
+    else:
+        loaders = Threads(
+            "load", partial(load, size=size, max_pixels=cfg.max_pixels, budget=run.budget),
+            cfg.workers,
+        )  # fmt: skip
+        storers = Threads(
+            "store", Store(cfg.output, cfg.format, cfg.keep_size, run.rule, run.budget), cfg.workers
+        )
+    window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
+    feed = Feed(run, items, loaders, window=window)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(size))
         .batch(cfg.batch_size)
@@ -307,6 +312,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
         feed.stopped = True
         loaders.close()
         storers.close()
+        if pool is not None:
+            pool.close()
 
 
 def _load_generators(run: Run) -> Any:
@@ -454,7 +461,7 @@ def _write_records(run: Run, summary: dict[str, Any], bounded: bool) -> None:
     what failed) and say where the local copy of the manifest is."""
     worker = threading.Thread(target=_upload_records, args=(run, summary), daemon=True)
     worker.start()
-    worker.join(_RECORDS_TIMEOUT_S if bounded else None)
+    worker.join(min(_RECORDS_TIMEOUT_S, run.cfg.stall_timeout) if bounded else None)
     if worker.is_alive() or summary.get("records_error"):
         log.error(
             "could not store the run's records (%s); the manifest is kept at %s",

@@ -1,0 +1,194 @@
+"""Where the translate job's load and store stages run: threads, or worker processes.
+
+Threads are the default: Pillow and zlib release the GIL, so decoding and encoding run in
+parallel, but botocore's request handling (about 2.4 ms of Python per request here) does not,
+which caps a process at roughly one core of requests. Worker processes (`feed_processes`) lift
+that cap for machines with many cores feeding a GPU. Both give the same interface: submit a
+job, take results in completion order, with the stall deadline applied while waiting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import storage
+
+
+class Systemic(RuntimeError):
+    """A failure that is not one image's: the run stops, keeps what it did, and exits 2."""
+
+
+class Stalled(Systemic):
+    """Nothing progressed for the stall deadline."""
+
+
+class StallClock:
+    """The stall deadline: any stage that finishes something resets it."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def tick(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self) -> None:
+        idle = time.monotonic() - self.last
+        if idle > self.seconds:
+            raise Stalled(
+                f"no progress for {idle:.0f} s (stall deadline {self.seconds:g} s): "
+                "the object store stopped answering?"
+            )
+
+
+class _Number:
+    """A thread-only stand-in for multiprocessing.Value."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class PixelBudget:
+    """Decoded pixels in flight, across threads (or processes, with a multiprocessing context):
+    a picture waits until it fits. One picture alone is always let in, so a single image larger
+    than the budget still goes through."""
+
+    def __init__(self, limit: int, context: Any = None):
+        self.limit = limit
+        if context is None:
+            self._cond: Any = threading.Condition()
+            self._used: Any = _Number()
+            self._peak: Any = _Number()
+        else:
+            self._cond = context.Condition()
+            self._used = context.Value("q", 0, lock=False)  # guarded by the condition's lock
+            self._peak = context.Value("q", 0, lock=False)
+
+    @property
+    def used(self) -> int:
+        return int(self._used.value)
+
+    @property
+    def peak(self) -> int:
+        return int(self._peak.value)
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._used.value == 0 or self._used.value + pixels <= self.limit
+            )
+            self._used.value += pixels
+            self._peak.value = max(self._peak.value, self._used.value)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used.value -= pixels
+                self._cond.notify_all()
+
+
+class _Results:
+    """Completion-ordered results of submitted jobs."""
+
+    def __init__(self) -> None:
+        self.results: queue.Queue = queue.Queue()
+        self.pending = 0
+
+    def next_result(self, clock: StallClock) -> Any:
+        """The next result; Stalled when nothing at all progressed for the deadline."""
+        while True:
+            try:
+                result = self.results.get(timeout=1.0)
+            except queue.Empty:
+                clock.check()
+                continue
+            self.pending -= 1
+            if isinstance(result, BaseException):  # a worker process died under the job
+                raise Systemic(f"worker process failed: {result!r}")
+            return result
+
+
+class Threads(_Results):
+    """Daemon threads applying `fn` (which must not raise) to submitted jobs.
+
+    Daemon threads, because a thread stuck in a stalled request must not keep the process
+    alive after the stall deadline has stopped the run.
+    """
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], count: int):
+        super().__init__()
+        self._inbox: queue.Queue = queue.Queue()
+        self._fn, self._count = fn, count
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def _work(self) -> None:
+        while (job := self._inbox.get()) is not None:
+            self.results.put(self._fn(job))
+
+    def submit(self, job: Any) -> None:
+        self.pending += 1
+        self._inbox.put(job)
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._inbox.put(None)
+
+
+class Processes:
+    """A pool of spawned worker processes (no TensorFlow in them) shared by several stages.
+
+    The children get the S3 endpoint and the shared pixel budget when they start; `stage(fn)`
+    gives a Threads-like view whose jobs run `fn` in a child. `close()` terminates the children,
+    so one stuck in a stalled request cannot outlive the run.
+    """
+
+    def __init__(self, count: int, budget_limit: int):
+        if storage.injected_client():
+            raise ValueError("worker processes need an S3 endpoint, not an injected client")
+        context = multiprocessing.get_context("spawn")
+        self.budget = PixelBudget(budget_limit, context)
+        self._pool = context.Pool(
+            count, initializer=_start_child, initargs=(storage.endpoint_url(), self.budget)
+        )
+
+    def stage(self, fn: Callable[[Any], Any]) -> _ProcessStage:
+        return _ProcessStage(self._pool, fn)
+
+    def close(self) -> None:
+        self._pool.terminate()
+
+
+class _ProcessStage(_Results):
+    def __init__(self, pool: Any, fn: Callable[[Any], Any]):
+        super().__init__()
+        self._pool, self._fn = pool, fn
+
+    def submit(self, job: Any) -> None:
+        self.pending += 1
+        self._pool.apply_async(
+            self._fn, (job,), callback=self.results.put, error_callback=self.results.put
+        )
+
+    def close(self) -> None:
+        """The pool is closed by its owner."""
+
+
+_child_budget: PixelBudget | None = None
+
+
+def _start_child(endpoint_url: str | None, budget: PixelBudget) -> None:
+    global _child_budget
+    storage.configure(endpoint_url=endpoint_url)
+    _child_budget = budget
+
+
+def child_budget() -> PixelBudget | None:
+    """In a worker process: the pixel budget shared with the parent's other workers."""
+    return _child_budget
