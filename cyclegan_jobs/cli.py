@@ -321,14 +321,27 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, RegistryError, StorageError, TranslateError)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (pytest and Airflow replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler.__init__ sets it
+        pass
+
+
 def _log_to_stderr() -> None:
     """The library logs through `logging`; a command line shows INFO and up on stderr."""
     root = logging.getLogger("cyclegan_jobs")
-    if not any(getattr(h, "_cyclegan_cli", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
-        handler._cyclegan_cli = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
     root.setLevel(logging.INFO)
 
 

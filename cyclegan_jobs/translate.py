@@ -43,7 +43,7 @@ from .stages import (
     sources,
     unsafe_reason,
 )
-from .workers import PixelBudget, Processes, StallClock, Systemic, Threads
+from .workers import PixelBudget, Processes, Producer, StallClock, Systemic, Threads
 
 __all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
 
@@ -105,7 +105,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     listing = _checked(sources(cfg), cfg.input)
     run = _open_run(cfg)
     triage = Triage(cfg, run.index)
-    items = (triage(info) for info in listing)
+    items = _triaged(triage, listing)
     try:
         if cfg.dry_run:
             for item in items:
@@ -194,6 +194,15 @@ def _checked(infos: Iterator[storage.ObjectInfo], prefix: str) -> Iterator[stora
     return _after(first, infos, prefix)
 
 
+def _triaged(triage: Triage, listing: Iterator[storage.ObjectInfo]) -> Iterator[Item]:
+    """The triage stage over the sources; its requests failing for good stop the run."""
+    try:
+        for info in listing:
+            yield triage(info)
+    except storage.StorageError as err:
+        raise Systemic(f"deciding what is up to date failed: {err}") from err
+
+
 def _after(
     first: storage.ObjectInfo | None, infos: Iterator[storage.ObjectInfo], prefix: str
 ) -> Iterator[storage.ObjectInfo]:
@@ -214,7 +223,9 @@ class Feed:
     """
 
     def __init__(self, run: Run, items: Iterator[Item], loaders: Any, window: int):
-        self.run, self.items, self.loaders, self.window = run, items, loaders, window
+        # Triage runs ahead in its own thread: its requests may block, the waits here may not.
+        self.items = Producer(items, run.clock, window)
+        self.run, self.loaders, self.window = run, loaders, window
         self.error: BaseException | None = None
         self.stopped = False
 
@@ -284,6 +295,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
             "store", Store(cfg.output, cfg.format, cfg.keep_size, run.rule, run.budget), cfg.workers
         )
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
+    run.clock.tick()  # starting TensorFlow and worker processes was not a stall
     feed = Feed(run, items, loaders, window=window)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(size))
@@ -310,6 +322,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
             run.record(storers.next_result(run.clock))
     finally:
         feed.stopped = True
+        feed.items.stop()
         loaders.close()
         storers.close()
         if pool is not None:

@@ -41,8 +41,8 @@ class StallClock:
         idle = time.monotonic() - self.last
         if idle > self.seconds:
             raise Stalled(
-                f"no progress for {idle:.0f} s (stall deadline {self.seconds:g} s): "
-                "the object store stopped answering?"
+                f"no progress for {idle:.0f} s (stall deadline {self.seconds:g} s); "
+                "is the object store answering"
             )
 
 
@@ -91,6 +91,54 @@ class PixelBudget:
             with self._cond:
                 self._used.value -= pixels
                 self._cond.notify_all()
+
+
+class Producer:
+    """Runs an iterator (listing pages, triage's requests) in a daemon thread and hands its
+    items over through a bounded queue, so the consumer's waits respect the stall deadline
+    wherever the producer blocks. An exception in the producer is raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], clock: StallClock, size: int):
+        self._queue: queue.Queue = queue.Queue(size)
+        self._clock, self.stopped = clock, False
+        threading.Thread(target=self._run, args=(items,), name="triage", daemon=True).start()
+
+    def _run(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                self._clock.tick()
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as err:  # noqa: BLE001 - raised again in the consumer
+            self._put(err)
+
+    def _put(self, obj: Any) -> bool:
+        while not self.stopped:
+            try:
+                self._queue.put(obj, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                obj = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._clock.check()
+                continue
+            if obj is self._END:
+                return
+            if isinstance(obj, BaseException):
+                raise obj
+            yield obj
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 class _Results:
@@ -157,6 +205,8 @@ class Processes:
         self._pool = context.Pool(
             count, initializer=_start_child, initargs=(storage.endpoint_url(), self.budget)
         )
+        # Wait until every child has started (imports take seconds): that is not a stall.
+        self._pool.map(_ready, range(count), chunksize=1)
 
     def stage(self, fn: Callable[[Any], Any]) -> _ProcessStage:
         return _ProcessStage(self._pool, fn)
@@ -187,6 +237,10 @@ def _start_child(endpoint_url: str | None, budget: PixelBudget) -> None:
     global _child_budget
     storage.configure(endpoint_url=endpoint_url)
     _child_budget = budget
+
+
+def _ready(_: int) -> None:
+    """A no-op job: the pool answers it once its children run."""
 
 
 def child_budget() -> PixelBudget | None:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_version
 from PIL import Image
 
-from cyclegan_jobs import ledger, registry, storage
-from cyclegan_jobs.config import TranslateConfig, preset
-from cyclegan_jobs.networks import build_generator
+from cyclegan_jobs import ledger, storage
+from cyclegan_jobs.config import TranslateConfig
 from cyclegan_jobs.stages import shard_of
 from cyclegan_jobs.translate import TranslateError, plan_shards, translate
 from cyclegan_jobs.workers import PixelBudget
@@ -30,13 +28,7 @@ SIZE = 32
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A promoted version with random tiny generators (speed and shapes are all that matter)."""
     root = str(tmp_path_factory.mktemp("ledger_store"))
-    model_cfg, _ = preset("tiny", SIZE)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("generator_AB", "generator_BA"):
-            build_generator(model_cfg, name=name).save(Path(tmp) / f"{name}.keras")
-        (Path(tmp) / "config.json").write_text(json.dumps({"model": asdict(model_cfg)}))
-        registry.write_version(root, "v1", tmp)
-    registry.promote(root, "v1")
+    random_version(root, "tiny", SIZE)
     return root
 
 
