@@ -216,11 +216,18 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
-    """Encode a uint8 H x W x 3 (or H x W) array as PNG (lossless at any compress level;
-    level 1 encodes about twice as fast as the default 6 for ~15 % larger files)."""
-    buffer = io.BytesIO()
-    Image.fromarray(_check_uint8(image)).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    """Encode a uint8 H x W x 3 (or H x W) array as PNG, lossless at any compress level.
+
+    libpng through imagecodecs, because Pillow's encoder tries all five PNG row filters at every
+    level (8.3 ms for 256x256 RGB here). At level 1 one filter (average) is used: about 4 ms
+    for files ~1 % larger; higher levels keep the adaptive choice for the smallest files.
+    """
+    import imagecodecs
+
+    filters = imagecodecs.PNG.FILTER
+    chosen = filters.AVG if compress_level <= 1 else filters.ALL
+    pixels = np.ascontiguousarray(_check_uint8(image))
+    return bytes(imagecodecs.png_encode(pixels, level=compress_level, filter=chosen))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

@@ -275,3 +275,14 @@ def test_line_chart_log_scale_gaps_and_edge_cases() -> None:
     assert empty.shape == (120, 200, 3) and _has_colour(empty, images.PALETTE[0]) == 0
     single = images.line_chart({"x": [(5, 2.0)]}, title="one point", width=200, height=120)
     assert _has_colour(single, images.PALETTE[0]) > 5
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_png_encoding_is_lossless_for_rgb_gray_and_strided_arrays(level: int) -> None:
+    from cyclegan_jobs.images import encode_png
+
+    rgb = np.ascontiguousarray(np.tile(GRADIENT, (4, 4, 1)))
+    for picture in (rgb, rgb[:, :, 1], rgb[::2, ::3]):  # a channel and a strided view too
+        data = encode_png(picture, compress_level=level)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
+        assert len(data) < picture.nbytes  # compressed, not stored
