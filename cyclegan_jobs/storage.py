@@ -82,23 +82,32 @@ _lock = threading.Lock()
 _endpoint_url: str | None = None
 _client: Any | None = None
 _injected = False
+_credentials: dict[str, str | None] | None = None
 
 
-def configure(*, endpoint_url: str | None = None, client: Any | None = None) -> None:
-    """Set the S3 endpoint or inject a ready client (e.g. from an Airflow hook) for all s3 calls.
+def configure(
+    *,
+    endpoint_url: str | None = None,
+    client: Any | None = None,
+    credentials: dict[str, str | None] | None = None,
+) -> None:
+    """Set the S3 endpoint (and, e.g. from an Airflow connection, explicit credentials:
+    aws_access_key_id, aws_secret_access_key, aws_session_token), or inject a ready client,
+    for all s3 calls.
 
     Calling it without arguments resets to the defaults (a fresh client from the environment).
     """
-    global _endpoint_url, _client, _injected
+    global _endpoint_url, _client, _injected, _credentials
     with _lock:
-        _endpoint_url = endpoint_url
+        _endpoint_url, _credentials = endpoint_url, credentials
         _client = client
         _injected = client is not None
 
 
-def endpoint_url() -> str | None:
-    """The endpoint set with configure() (None: boto3's default or AWS_ENDPOINT_URL)."""
-    return _endpoint_url
+def client_settings() -> dict[str, Any]:
+    """What configure() was given, to build the same client in another process (never logged:
+    it may hold credentials)."""
+    return {"endpoint_url": _endpoint_url, "credentials": _credentials}
 
 
 def injected_client() -> bool:
@@ -114,11 +123,11 @@ def get_client() -> Any:
         return client
     with _lock:
         if _client is None:
-            _client = _build_client(_endpoint_url)
+            _client = _build_client(_endpoint_url, _credentials)
         return _client
 
 
-def _build_client(endpoint_url: str | None) -> Any:
+def _build_client(endpoint_url: str | None, credentials: dict | None = None) -> Any:
     # Imported here so that importing this module (e.g. from a DAG file) stays cheap.
     import boto3
     from botocore.config import Config
@@ -138,7 +147,9 @@ def _build_client(endpoint_url: str | None) -> Any:
         s3={"addressing_style": "path"} if effective else None,
     )
     # A private session: the boto3 default session is not safe to create from several threads.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, config=config, **(credentials or {})
+    )
 
 
 def is_s3(uri: str) -> bool:

@@ -281,7 +281,9 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     import tensorflow as tf
 
     cfg, size = run.cfg, run.model_cfg.image_size
-    pool = Processes(cfg.feed_processes, cfg.pixel_budget) if cfg.feed_processes else None
+    pool = None
+    if cfg.feed_processes:  # children take seconds to start on a busy machine
+        pool = Processes(cfg.feed_processes, cfg.pixel_budget, max(cfg.stall_timeout, 60.0))
     if pool is not None:  # the children share one budget; stages find it there
         run.budget = pool.budget
         loaders = pool.stage(partial(load, size=size, max_pixels=cfg.max_pixels))
@@ -449,6 +451,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         # Throughput after the first batch (model load and compile): what thousands of images
         # see. A run of a single batch reports its overall rate.
         "images_per_sec": round(_rate(run, ok, work_s), 3),
+        "feed_processes": cfg.feed_processes,
         "pixel_budget": cfg.pixel_budget,
         "peak_pixels_in_flight": run.budget.peak,
         "head_requests": run.index.head_requests,

@@ -192,21 +192,33 @@ class Threads(_Results):
 class Processes:
     """A pool of spawned worker processes (no TensorFlow in them) shared by several stages.
 
-    The children get the S3 endpoint and the shared pixel budget when they start; `stage(fn)`
+    The children get the S3 settings and the shared pixel budget when they start; `stage(fn)`
     gives a Threads-like view whose jobs run `fn` in a child. `close()` terminates the children,
     so one stuck in a stalled request cannot outlive the run.
     """
 
-    def __init__(self, count: int, budget_limit: int):
+    def __init__(self, count: int, budget_limit: int, start_timeout: float = 120.0):
         if storage.injected_client():
-            raise ValueError("worker processes need an S3 endpoint, not an injected client")
+            raise ValueError(
+                "worker processes build their own S3 clients: configure storage with an "
+                "endpoint and credentials, not a ready client"
+            )
         context = multiprocessing.get_context("spawn")
         self.budget = PixelBudget(budget_limit, context)
         self._pool = context.Pool(
-            count, initializer=_start_child, initargs=(storage.endpoint_url(), self.budget)
+            count, initializer=_start_child, initargs=(storage.client_settings(), self.budget)
         )
-        # Wait until every child has started (imports take seconds): that is not a stall.
-        self._pool.map(_ready, range(count), chunksize=1)
+        # Wait until every child has started (imports take seconds): that is not a stall. A
+        # child whose start failed would be replaced forever by the pool: stop instead.
+        try:
+            failures = [
+                e for e in self._pool.map_async(_ready, range(count), 1).get(start_timeout) if e
+            ]
+        except multiprocessing.TimeoutError:
+            failures = [f"not started within {start_timeout:g} s"]
+        if failures:
+            self._pool.terminate()
+            raise Systemic(f"worker processes failed to start: {failures[0]}")
 
     def stage(self, fn: Callable[[Any], Any]) -> _ProcessStage:
         return _ProcessStage(self._pool, fn)
@@ -231,16 +243,22 @@ class _ProcessStage(_Results):
 
 
 _child_budget: PixelBudget | None = None
+_child_error: str | None = None
 
 
-def _start_child(endpoint_url: str | None, budget: PixelBudget) -> None:
-    global _child_budget
-    storage.configure(endpoint_url=endpoint_url)
-    _child_budget = budget
+def _start_child(client_settings: dict[str, Any], budget: PixelBudget) -> None:
+    # Never raises: a failing initializer makes the pool respawn children forever.
+    global _child_budget, _child_error
+    try:
+        storage.configure(**client_settings)
+        _child_budget = budget
+    except Exception as err:  # reported by _ready, then the parent stops the run
+        _child_error = f"{type(err).__name__}: {err}"
 
 
-def _ready(_: int) -> None:
-    """A no-op job: the pool answers it once its children run."""
+def _ready(_: int) -> str | None:
+    """A job the pool answers once a child runs: why its start failed, or None."""
+    return _child_error
 
 
 def child_budget() -> PixelBudget | None:

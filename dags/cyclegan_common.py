@@ -19,6 +19,8 @@ matches the local stack (`make run`, `make airflow`); per-run Params override th
   CYCLEGAN_POOL               cyclegan_gpu: pool of the heavy tasks (slots = GPUs)
   CYCLEGAN_QUEUE              gpu: queue of the heavy tasks (workers with GPUs)
   CYCLEGAN_IMAGE              cyclegan-jobs:latest: the job image (kubernetes runner)
+  CYCLEGAN_FEED_PROCESSES     0: worker processes per translate task for GET/decode and
+                              encode/PUT (0: threads; about 2 per core on GPU machines)
   CYCLEGAN_K8S_NAMESPACE      default: the pods' namespace
   CYCLEGAN_K8S_GPUS           1: nvidia.com/gpu limit per pod
   CYCLEGAN_K8S_NODE_SELECTOR  {"nvidia.com/gpu.present": "true"} (JSON object)
@@ -90,6 +92,7 @@ class Settings:
     pool: str = "cyclegan_gpu"
     queue: str = "gpu"
     image: str = "cyclegan-jobs:latest"
+    feed_processes: int = 0
     k8s_namespace: str = "default"
     k8s_gpus: int = 1
     k8s_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
@@ -124,6 +127,7 @@ class Settings:
             pool=env("CYCLEGAN_POOL", d.pool),
             queue=env("CYCLEGAN_QUEUE", d.queue),
             image=env("CYCLEGAN_IMAGE", d.image),
+            feed_processes=int(env("CYCLEGAN_FEED_PROCESSES", str(d.feed_processes))),
             k8s_namespace=env("CYCLEGAN_K8S_NAMESPACE", d.k8s_namespace),
             k8s_gpus=int(env("CYCLEGAN_K8S_GPUS", str(d.k8s_gpus))),
             k8s_node_selector=_json_env("CYCLEGAN_K8S_NODE_SELECTOR", d.k8s_node_selector),
@@ -159,18 +163,25 @@ def cli_args(command: str, **options: Any) -> list[str]:
     return args
 
 
-def s3_client(conn_id: str) -> Any:
-    """A boto3 S3 client from the Airflow connection (its extra endpoint_url: MinIO/SeaweedFS)."""
+def use_connection(conn_id: str) -> None:
+    """Route every cyclegan_jobs S3 call of this task through the Airflow connection: its
+    endpoint and, when it has them, its keys (else the worker's own AWS credential chain).
+    Settings, not a ready client, so that the job's worker processes can use them too."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=conn_id).get_conn()
-
-
-def use_connection(conn_id: str) -> None:
-    """Route every cyclegan_jobs S3 call of this task through the Airflow connection."""
     from cyclegan_jobs import storage
 
-    storage.configure(client=s3_client(conn_id))
+    conn = S3Hook(aws_conn_id=conn_id).conn_config
+    keys = {
+        "aws_access_key_id": conn.aws_access_key_id,
+        "aws_secret_access_key": conn.aws_secret_access_key,
+        "aws_session_token": conn.aws_session_token,
+        "region_name": conn.region_name,
+    }
+    storage.configure(
+        endpoint_url=conn.endpoint_url,
+        credentials={k: v for k, v in keys.items() if v} or None,
+    )
 
 
 def run_command(command: list[str], conn_id: str) -> Any:

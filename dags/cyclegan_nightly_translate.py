@@ -131,6 +131,7 @@ def cyclegan_nightly_translate():
                 direction=params["direction"],
                 scope=params["scope"],
                 batch_size=params["batch_size"],
+                feed_processes=SETTINGS.feed_processes or None,
                 # Bad inputs are judged over the whole run by `summarize`, not per shard.
                 max_failure_rate=1.0,
             )

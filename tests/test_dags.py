@@ -307,11 +307,16 @@ def test_nightly_with_bad_files_passes_under_the_threshold_and_fails_above(
 ) -> None:  # noqa: ANN001
     bad = {"broken.jpg": b"not an image at all", "empty.png": b""}
     bucket = _faces_bucket(s3_server, 4, bad)
+    # This deployment's shards GET/decode and encode/PUT in 2 worker processes.
     under = dag_test(
-        airflow, "cyclegan_nightly_translate", _nightly_conf(trained, bucket, max_failure_rate=0.5)
+        {**airflow, "CYCLEGAN_FEED_PROCESSES": "2"},
+        "cyclegan_nightly_translate",
+        _nightly_conf(trained, bucket, max_failure_rate=0.5),
     )
     assert under["state"] == "success", under
     summary = _run_summary(f"{bucket}/out/", under["run_id"])
+    shard = storage.read_json(f"{bucket}/out/_runs/{summary['shards'][0]}/summary.json")
+    assert shard["feed_processes"] == 2 and shard["counts"]["ok"] == 4
     assert summary["counts"]["ok"] == 4 and summary["counts"]["failed"] == 2
     assert {f["key"] for f in summary["failures"]} == set(bad)
     assert len(list(storage.list_objects(f"{bucket}/out/stylized/"))) == 4
