@@ -244,6 +244,7 @@ def run_probe(
     batch_size: int = 32,
     pixel_budget: int | None = None,
     feed_processes: int = 0,
+    workers: int | None = None,
     code: Path | None = None,
     profile_raw: Path | None = None,
 ) -> dict:
@@ -258,6 +259,8 @@ def run_probe(
         cmd += ["--pixel-budget", str(pixel_budget)]
     if feed_processes:
         cmd += ["--feed-processes", str(feed_processes)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     if cores is not None and shutil.which("taskset"):
         cmd = [shutil.which("taskset"), "-c", cores, *cmd]
     if profile_raw is not None:  # py-spy itself is not pinned: it runs beside the probe
@@ -281,6 +284,12 @@ def run_probe(
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"probe {name} failed (exit {proc.returncode}):\n{tail}")
     result = json.loads(result_file.read_text())
+    if profile_raw is not None and "process_cpu_s" in result:
+        # py-spy does not wait for the probe, so the probe's CPU is not in RUSAGE_CHILDREN
+        # (py-spy's own is); a negative remainder means it was.
+        others_share = max(others - result["process_cpu_s"], 0.0) / (
+            (time.perf_counter() - wall0) * (os.cpu_count() or 1)
+        )
     result["server_cpu_s"] = server_cpu
     result["others_share"] = others_share
     return result
@@ -347,6 +356,14 @@ def upload_feed_inputs(n: int, which: tuple[str, ...]) -> dict[str, str]:
     return prefixes
 
 
+def fmt_or_na(value: float, width: int, decimals: int) -> str:
+    """A figure, or n/a where it could not be measured (outputs written by worker processes
+    are not seen by the probe's timestamps)."""
+    if value is None or value != value or value == 0:
+        return f"{'n/a':>{width}}"
+    return f"{value:>{width}.{decimals}f}"
+
+
 def first_batch_s(result: dict, batch: int) -> float:
     """Seconds from the start of translate() to the first batch's last output."""
     times = result.get("output_times") or []
@@ -389,11 +406,12 @@ def part_feed(
         flush=True,
     )
     mode = f"p{args.feed_processes}" if args.feed_processes else "thr"
+    mode += f"-w{args.workers}" if args.workers else ""
     codes = [(f"{CODE_LABEL}-{mode}", None)]
     if args.baseline_ref:
         codes.append((f"{args.baseline_ref}", export_code(args.baseline_ref, tmp)))
     header = (
-        f"{'input':<22}{'out':<5}{'code':<9}{'cores':>5}{'images/s':>10}{'per core':>10}"
+        f"{'input':<22}{'out':<5}{'code':<16}{'cores':>5}{'images/s':>10}{'per core':>10}"
         f"{'steady':>8}{'1st batch s':>12}{'overall':>9}{'CPU ms/img':>11}{'server ms/img':>14}"
         f"{'RSS MB':>8}{'others':>8}  goal"
     )
@@ -419,6 +437,7 @@ def part_feed(
                             identity=True,
                             batch_size=args.batch_size,
                             feed_processes=args.feed_processes if code is None else 0,
+                            workers=args.workers if code is None else None,
                             code=code,
                         )
                         for rep in range(args.repeat)
@@ -426,8 +445,10 @@ def part_feed(
                     row = rows[cores] = feed_row(results, n_cores)
                     target = GOAL_PER_CORE[fmt]
                     line = (
-                        f"{FEED_INPUTS[kind][0]:<22}{fmt:<5}{label:<9}{n_cores:>5}"
-                        f"{row['rate']:>10.1f}{row['per_core']:>10.1f}{row['steady']:>8.1f}{row['first_batch_s']:>12.2f}"
+                        f"{FEED_INPUTS[kind][0]:<22}{fmt:<5}{label:<16}{n_cores:>5}"
+                        f"{row['rate']:>10.1f}{row['per_core']:>10.1f}"
+                        f"{fmt_or_na(row['steady'], 8, 1)}"
+                        f"{fmt_or_na(row['first_batch_s'], 12, 2)}"
                         f"{row['overall']:>9.1f}"
                         f"{row['cpu_ms']:>11.1f}{row['server_ms']:>14.1f}{row['rss_mb']:>8.0f}"
                         f"{row['others']:>8.0%}"
@@ -766,6 +787,9 @@ def main() -> None:
         help="rerun a feed case when other processes took more than this share of the CPUs",
     )
     p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed feed case")
+    p.add_argument(
+        "--workers", type=int, help="(d) TranslateConfig.workers: load and store threads, each"
+    )
     p.add_argument("--top", type=int, default=20, help="functions listed by the profile")
     p.add_argument("--keep-profile", type=Path, help="copy py-spy's raw stacks to this folder")
     p.add_argument(

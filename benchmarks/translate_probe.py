@@ -213,6 +213,7 @@ def main() -> None:
     p.add_argument("--format", default="png", choices=("png", "jpeg"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pixel-budget", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
     p.add_argument("--feed-processes", type=int, default=0)
     p.add_argument("--identity", action="store_true")
     p.add_argument("--stages", action="store_true")
@@ -239,16 +240,26 @@ def main() -> None:
         work_dir=args.work_dir,
     )
     fields = {f.name for f in dataclasses.fields(TranslateConfig)}
-    if args.pixel_budget is not None and "pixel_budget" in fields:
-        options["pixel_budget"] = args.pixel_budget
+    for name in ("pixel_budget", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            if name not in fields:
+                raise SystemExit(f"this cyclegan_jobs has no TranslateConfig.{name}")
+            options[name] = value
     if args.feed_processes:
         options["feed_processes"] = args.feed_processes
     cfg = TranslateConfig(**options)
 
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = translate(cfg)
     usage1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    # Worker processes (feed_processes), counted once they have ended.
+    children_cpu = sum(
+        getattr(children1, f) - getattr(children0, f) for f in ("ru_utime", "ru_stime")
+    )
     result = {
         "summary": summary,
         "ok": summary["counts"]["ok"],
@@ -261,7 +272,9 @@ def main() -> None:
         "pixel_budget": summary.get("pixel_budget", getattr(cfg, "pixel_budget", None)),
         "rss_mb": usage1.ru_maxrss / 1024,
         "translate_wall_s": wall,
-        "translate_cpu_s": cpu,
+        "translate_cpu_s": cpu + children_cpu,
+        "children_cpu_s": children_cpu,
+        "children_rss_mb": children1.ru_maxrss / 1024,
         "user_s": usage1.ru_utime - usage0.ru_utime,
         "system_s": usage1.ru_stime - usage0.ru_stime,
         "voluntary_switches": usage1.ru_nvcsw - usage0.ru_nvcsw,
@@ -269,6 +282,15 @@ def main() -> None:
         "cores": sorted(os.sched_getaffinity(0)),
         "stages": clock.report() if clock is not None else None,
     }
+    # The whole process's CPU (imports and setup too), for the harness's count of what other
+    # processes used meanwhile when py-spy, not the harness, is this process's parent.
+    end, end_children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    result["process_cpu_s"] = sum(
+        getattr(u, f) for u in (end, end_children) for f in ("ru_utime", "ru_stime")
+    )
     with open(args.result, "w") as f:
         json.dump(result, f, default=str)
 

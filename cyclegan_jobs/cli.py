@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-pixels", type=_positive, default=50_000_000, help="larger inputs fail")
     x.add_argument("--pixel-budget", type=_positive, default=100_000_000,
                    help="decoded pixels in flight over all threads (bounds memory)")  # fmt: skip
+    x.add_argument("--workers", type=_positive, default=16, help="threads for GET/decode and "
+                   "for encode/PUT, each (S3 latency wants many; 1-2 cores fewer)")  # fmt: skip
     x.add_argument("--feed-processes", type=int, default=0, help="worker processes for GET/"
                    "decode and encode/PUT instead of threads (0: threads)")  # fmt: skip
     x.add_argument("--stall-timeout", type=float, default=120.0,
