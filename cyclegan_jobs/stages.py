@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import logging
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UP_TO_DATE = "up to date"
+_UNBOUNDED = PixelBudget(sys.maxsize)  # for a Store used outside translate's pipeline
 # A full or read-only disk fails every write alike: stop instead of failing each image.
 _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
@@ -66,6 +68,11 @@ class Item:
             line.update(outputs=self.output_bytes, input_bytes=self.input_bytes)
             line.update(width=self.width, height=self.height)
         return line
+
+
+class TranslateError(RuntimeError):
+    """A systemic problem: found before any work (no model, bad config, unreadable input...)
+    or one that stopped the run (the object store went away, the disk is full)."""
 
 
 # 1. sources -------------------------------------------------------------------------------
@@ -105,8 +112,6 @@ def sources(cfg: TranslateConfig) -> Iterator[storage.ObjectInfo]:
 
 
 def _shard_file(uri: str, input_prefix: str) -> Iterator[storage.ObjectInfo]:
-    from .translate import TranslateError
-
     try:
         entries = storage.read_json(uri)
     except (storage.StorageError, ValueError) as err:
@@ -225,8 +230,7 @@ class Store:
         metadata = self.rule.metadata(item.info.rel, item.info.etag)
         content_type = "image/png" if self.fmt == "png" else "image/jpeg"
         pixels = item.height * item.width * len(outs) if self.keep_size else 0
-        budget = self.budget or child_budget() or PixelBudget(pixels or 1)
-        with budget.hold(pixels):
+        with (self.budget or child_budget() or _UNBOUNDED).hold(pixels):
             for target, picture in zip(targets, outs, strict=True):
                 if self.keep_size:
                     picture = images.resize(picture, (item.height, item.width))

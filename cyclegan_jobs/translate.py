@@ -35,6 +35,7 @@ from .stages import (
     Item,
     Manifest,
     Store,
+    TranslateError,
     Triage,
     failed_share,
     load,
@@ -51,11 +52,6 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Records still go up after a failure, but not forever if the store itself is what failed.
 _RECORDS_TIMEOUT_S = 30.0
-
-
-class TranslateError(RuntimeError):
-    """A systemic problem: found before any work (no model, bad config, unreadable input...)
-    or one that stopped the run (the object store went away, the disk is full)."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
