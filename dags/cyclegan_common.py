@@ -10,8 +10,9 @@ matches the local stack (`make run`, `make airflow`); per-run Params override th
   CYCLEGAN_MODEL_STORE        s3://cyclegan-models: versions/, PROMOTED.json, runs/
   CYCLEGAN_DOMAIN_A_URI       s3://cyclegan-data/sample/domain_a: paintings (training)
   CYCLEGAN_DOMAIN_B_URI       s3://cyclegan-data/sample/domain_b: faces (training)
-  CYCLEGAN_NIGHTLY_SCHEDULE   0 2 * * *: the nightly translation (cron, UTC)
-  CYCLEGAN_RETRAIN_SCHEDULE   @weekly: periodic retraining
+  CYCLEGAN_NIGHTLY_SCHEDULE   0 2 * * *: the nightly translation (cron, UTC; empty: manual
+                              and API triggers only)
+  CYCLEGAN_RETRAIN_SCHEDULE   @weekly: periodic retraining (empty: manual triggers only)
   CYCLEGAN_TRAIN_PRESET       seed: the retrain form's default preset
   CYCLEGAN_TRAIN_IMAGE_SIZE   (the preset's): the retrain form's default image size
   CYCLEGAN_TRAIN_EPOCHS       1: the retrain form's default epochs
@@ -83,8 +84,8 @@ class Settings:
     model_store: str = "s3://cyclegan-models"
     domain_a_uri: str = "s3://cyclegan-data/sample/domain_a"
     domain_b_uri: str = "s3://cyclegan-data/sample/domain_b"
-    nightly_schedule: str = "0 2 * * *"
-    retrain_schedule: str = "@weekly"
+    nightly_schedule: str | None = "0 2 * * *"
+    retrain_schedule: str | None = "@weekly"
     train_preset: str = "seed"
     train_image_size: int | None = None
     train_epochs: int = 1
@@ -118,8 +119,8 @@ class Settings:
             model_store=env("CYCLEGAN_MODEL_STORE", d.model_store),
             domain_a_uri=env("CYCLEGAN_DOMAIN_A_URI", d.domain_a_uri),
             domain_b_uri=env("CYCLEGAN_DOMAIN_B_URI", d.domain_b_uri),
-            nightly_schedule=env("CYCLEGAN_NIGHTLY_SCHEDULE", d.nightly_schedule),
-            retrain_schedule=env("CYCLEGAN_RETRAIN_SCHEDULE", d.retrain_schedule),
+            nightly_schedule=env("CYCLEGAN_NIGHTLY_SCHEDULE", d.nightly_schedule) or None,
+            retrain_schedule=env("CYCLEGAN_RETRAIN_SCHEDULE", d.retrain_schedule) or None,
             train_preset=env("CYCLEGAN_TRAIN_PRESET", d.train_preset),
             train_image_size=int(env("CYCLEGAN_TRAIN_IMAGE_SIZE", "0")) or None,
             train_epochs=int(env("CYCLEGAN_TRAIN_EPOCHS", str(d.train_epochs))),

@@ -1,4 +1,4 @@
-"""The repository contract: pinned installs, the job image, and a library free of Airflow."""
+"""The repository contract: pinned installs and a library free of Airflow."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_requirements_are_exact_pins() -> None:
-    for name in ("requirements.txt", "requirements-dev.txt"):
+    for name in ("requirements-job.txt", "requirements-airflow.txt", "requirements-dev.txt"):
         lines = [
             line.strip()
             for line in (ROOT / name).read_text().splitlines()
             if line.strip() and not line.startswith(("#", "-r"))
         ]
         assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", ln) for ln in lines)
-    runtime = (ROOT / "requirements.txt").read_text()
+    runtime = "".join((ROOT / f"requirements-{s}.txt").read_text() for s in ("job", "airflow"))
     for pkg in ("tensorflow==2.21.0", "apache-airflow==3.3.2", "apache-airflow-providers-amazon"):
         assert pkg in runtime
 
@@ -27,16 +27,6 @@ def test_requirements_are_exact_pins() -> None:
 def test_console_script_points_at_the_cli() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["cyclegan-jobs"] == "cyclegan_jobs.cli:main"
-
-
-def test_dockerfile_copies_what_exists() -> None:
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    sources = re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile, flags=re.M)
-    assert sources
-    for src in " ".join(sources).split():
-        assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
-    assert "pip install -r requirements.txt" in dockerfile
-    assert 'ENTRYPOINT ["cyclegan-jobs"]' in dockerfile
 
 
 def test_library_never_imports_airflow() -> None:
