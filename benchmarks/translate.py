@@ -48,13 +48,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The development tools (cyclegan_local) are imported from the repository, not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cyclegan_jobs import local_s3, registry, storage  # noqa: E402
+from cyclegan_jobs import registry, storage  # noqa: E402
 from cyclegan_jobs.config import TranslateConfig, preset  # noqa: E402
 from cyclegan_jobs.sample_data import synthetic_faces  # noqa: E402
+from cyclegan_local import local_s3  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

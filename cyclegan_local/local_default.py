@@ -1,6 +1,6 @@
 """The local default (`make run`): the whole job on a local S3 server, end to end, rerun-safe.
 
-`python -m cyclegan_jobs.local_default [--root var]` does, skipping whatever is already there:
+`python -m cyclegan_local.local_default [--root var]` does, skipping whatever is already there:
 1. starts SeaweedFS on 127.0.0.1 (port 8333 when free) with its data in `<root>/s3`, so buckets
    and objects stay between runs, using fixed local-only keys (`local_s3.LOCAL_ACCESS_KEY`);
 2. creates the buckets cyclegan-input, cyclegan-output, cyclegan-models and cyclegan-data;
@@ -11,7 +11,7 @@
    that are up to date are skipped, so a second run does no model work);
 6. prints where the results are (S3 URIs, the local contact sheet), stops the server, and prints
    the same as JSON on the last stdout line.
-After it, `python -m cyclegan_jobs.local_s3` serves `var/s3` again, to look at the results.
+After it, `python -m cyclegan_local.local_s3` serves `var/s3` again, to look at the results.
 
 Real S3 instead: the same jobs run from the CLI with s3:// URIs and no local server. Leave the
 endpoint unset (unset AWS_ENDPOINT_URL; `--endpoint-url` is only for other S3-compatible servers
@@ -40,8 +40,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cyclegan_jobs import local_s3, registry, storage
+from cyclegan_jobs import registry, storage
 from cyclegan_jobs.config import TrainConfig, TranslateConfig, preset
+from cyclegan_local import local_s3
 
 DEFAULT_PORT = 8333  # SeaweedFS's usual S3 port, so the endpoint stays the same between runs
 BUCKETS = ("cyclegan-input", "cyclegan-output", "cyclegan-models", "cyclegan-data")
@@ -157,7 +158,7 @@ def run_local_default(
     ):
         print(f"{label:<{width}}: {result[key]}", file=sys.stderr)
     print(
-        f"The S3 server is stopped; `python -m cyclegan_jobs.local_s3 {root / 's3'}` serves "
+        f"The S3 server is stopped; `python -m cyclegan_local.local_s3 {root / 's3'}` serves "
         "these s3:// URIs again.",
         file=sys.stderr,
         flush=True,
@@ -289,7 +290,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cyclegan_jobs.local_default", description=__doc__.splitlines()[0]
+        prog="python -m cyclegan_local.local_default", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--root", default="var", help="folder for all local data (git-ignored)")
     parser.add_argument("--size", type=int, default=64, help="image size (multiple of 16)")

@@ -5,7 +5,7 @@ Used by the local default (`make run`, data kept between runs) and by the tests 
     with local_s3.running("var/s3", access_key="k", secret_key="s") as server:
         storage.configure(endpoint_url=server.endpoint_url)
 
-`python -m cyclegan_jobs.local_s3 [DATA_DIR]` serves the local default's data (var/s3) until
+`python -m cyclegan_local.local_s3 [DATA_DIR]` serves the local default's data (var/s3) until
 Ctrl-C, to browse it with the CLI or any S3 client.
 """
 

@@ -34,6 +34,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
+sys.path.insert(0, str(REPO))  # cyclegan_local: development tools, not installed
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))  # the CLI of this venv's Airflow
 POOL, POOL_SLOTS = "cyclegan_gpu", 1  # slots = GPUs; one CPU "GPU" here
 # The retrain form's defaults on the local stack: small enough for a CPU (the seed preset at
@@ -113,7 +114,8 @@ def run(root: Path) -> int:
     sys.path.insert(0, str(DAGS))
     from cyclegan_common import Settings, safe_run_id
 
-    from cyclegan_jobs import local_default, local_s3, registry, storage
+    from cyclegan_jobs import registry, storage
+    from cyclegan_local import local_default, local_s3
 
     root = root.resolve()
     with local_default.local_stack(root) as server:
@@ -160,7 +162,7 @@ def run(root: Path) -> int:
         for label, value in rows.items():
             print(f"{label:<15}: {value}", file=sys.stderr)
         print(
-            f"The S3 server is stopped; `python -m cyclegan_jobs.local_s3 {root / 's3'}` serves "
+            f"The S3 server is stopped; `python -m cyclegan_local.local_s3 {root / 's3'}` serves "
             "these s3:// URIs again; `make airflow` shows the runs in the Airflow UI.",
             file=sys.stderr,
         )
@@ -170,7 +172,7 @@ def run(root: Path) -> int:
 
 def standalone(root: Path, port: int) -> int:
     """`make airflow`: `airflow standalone` with the DAGs, pool and connection, until Ctrl-C."""
-    from cyclegan_jobs import local_default, local_s3
+    from cyclegan_local import local_default, local_s3
 
     root = root.resolve()
     with local_default.local_stack(root) as server:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cyclegan_jobs import local_s3, storage
+from cyclegan_jobs import storage
+from cyclegan_local import local_s3
 
 # The fixtures' server is the library's (one implementation for the tests and `make run`).
 S3Server = local_s3.LocalS3

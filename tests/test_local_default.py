@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cyclegan_jobs.local_default import run_local_default
+from cyclegan_local.local_default import run_local_default
 
 
 def test_local_default_runs_end_to_end_then_skips(aws_env, tmp_path: Path) -> None:  # noqa: ANN001

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cyclegan_jobs import local_s3
+from cyclegan_local import local_s3
 
 KEYS = {"access_key": "local-test", "secret_key": "local-test-secret"}
 

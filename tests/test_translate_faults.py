@@ -42,11 +42,12 @@ import pytest
 from helpers import StallingProxy, random_version
 from PIL import Image
 
-from cyclegan_jobs import local_s3, storage
+from cyclegan_jobs import storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
 from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_local import local_s3
 
 SIZE = 32
 ERROR_PREFIX = "cyclegan-jobs translate: error:"
