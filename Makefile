@@ -6,11 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run airflow test lint format bench clean
+.PHONY: install run airflow test lint format bench stack-test clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-job.txt requirements-airflow.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # The local default, end to end through Airflow: a local S3 server (SeaweedFS, data in var/s3),
 # sample data, an Airflow home in var/airflow (SQLite), cyclegan_retrain when no model is
 # promoted, then cyclegan_nightly_translate. Run again, it skips what is already done.
-# See scripts/airflow_local.py; `python -m cyclegan_jobs.local_default` does the same without
+# See scripts/airflow_local.py; `python -m cyclegan_local.local_default` does the same without
 # Airflow.
 run: install
 	$(BIN)/python scripts/airflow_local.py run
@@ -40,6 +40,14 @@ test: lint
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The Docker deployment (docker/compose.yaml) built on a Debian base made here, brought up on the
+# CeleryExecutor with 2 gpu-queue workers, exercised over the REST API, restarted, benchmarked
+# and torn down (see scripts/stack_test.py). Needs root and a Docker engine (apt-get install
+# docker.io docker-compose debootstrap); about 30 minutes on 2 cores. STACK_TEST_ARGS=--cold
+# rebuilds the images without the cache; --bench-images 0 skips the 500-image benchmark.
+stack-test: install
+	$(BIN)/python scripts/stack_test.py $(STACK_TEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py
