@@ -181,3 +181,15 @@ def test_init_reads_json_after_airflow_warnings() -> None:
     stdout = '2026-12-01T16:17:11Z [warning ] deprecated\n[{"username": "admin"}]\n'
     assert init.json_output(stdout) == [{"username": "admin"}]
     assert init.json_output("no users\n") == []
+
+
+def test_empty_schedule_means_manual_triggers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stack test (and anyone who wants no scheduled runs) sets the schedules empty.
+    monkeypatch.syspath_prepend(str(ROOT / "dags"))
+    from cyclegan_common import Settings
+
+    monkeypatch.setenv("CYCLEGAN_NIGHTLY_SCHEDULE", "")
+    monkeypatch.delenv("CYCLEGAN_RETRAIN_SCHEDULE", raising=False)
+    settings = Settings.from_env()
+    assert settings.nightly_schedule is None
+    assert settings.retrain_schedule == "@weekly"
