@@ -110,14 +110,14 @@ def test_gpu_queue_pool_and_nvidia_override() -> None:
 
 
 def _stages(dockerfile: str) -> dict[str, str]:
-    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\w+)\s*$", dockerfile, flags=re.M)
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+([\w-]+)\s*$", dockerfile, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_dockerfile_stages_are_non_root_with_healthchecks_and_real_copies() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     stages = _stages(dockerfile)
-    assert set(stages) == {"base", "job", "airflow", "worker"}
+    assert set(stages) == {"base", "job-deps", "job", "airflow", "worker"}
     for name in ("job", "airflow", "worker"):
         body = stages[name]
         assert re.search(r"^USER\s+50000\s*$", body, flags=re.M), f"{name} runs as root"
