@@ -332,8 +332,12 @@ def running(data_dir: str | Path, **kw: Any) -> Iterator[LocalS3]:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve DATA_DIR (default var/s3) with the local default's keys until Ctrl-C."""
-    args = sys.argv[1:] if argv is None else argv
-    data_dir = args[0] if args else "var/s3"
+    import argparse
+
+    prog = "python -m cyclegan_local.local_s3"
+    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__)
+    parser.add_argument("data_dir", nargs="?", default="var/s3", help="the server's data folder")
+    data_dir = parser.parse_args(argv).data_dir
     port = 8333 if port_is_free(8333) else None
     with running(
         data_dir, port=port, access_key=LOCAL_ACCESS_KEY, secret_key=LOCAL_SECRET_KEY

@@ -214,6 +214,7 @@ def build_ours(cold: bool) -> dict[str, str]:
     for label, no_cache in (("cold" if fresh else "cached", cold), ("warm", False)):
         start = time.monotonic()
         for target, (variable, image) in OURS.items():
+            say(f"building {image} (target {target}, {label})")
             extra = ["--target", target, "--build-arg", f"BASE_IMAGE={BASE}"]
             docker_build(image, DOCKER / "Dockerfile", REPO, *extra, *(["--no-cache"] * no_cache))
             env[variable] = image
@@ -253,6 +254,7 @@ class Stack:
             "CYCLEGAN_NIGHTLY_SCHEDULE": "",
             "CYCLEGAN_RETRAIN_SCHEDULE": "",
         }
+        self.states: dict[str, str] = {}  # service -> health, as last seen by _all_healthy
         self.api = Api(f"http://127.0.0.1:{self.port['airflow']}", self.user, self.password)
 
     def compose(self, *args: str, timeout: float = 1800) -> str:
@@ -263,7 +265,10 @@ class Stack:
         """`up -d` with N gpu workers, then wait until every service is healthy; seconds."""
         start = time.monotonic()
         self.compose("up", "-d", "--no-build", "--scale", f"{GPU_SERVICE}={gpu_workers}")
-        wait_for("every service healthy", self._all_healthy, timeout=600)
+        try:
+            wait_for("every service healthy", self._all_healthy, timeout=600)
+        except StackTestError as err:
+            raise StackTestError(f"{err}; services: {self.states}") from err
         wait_for("both DAGs parsed", self._dags_parsed, timeout=300)
         return round(time.monotonic() - start, 1)
 
@@ -284,6 +289,7 @@ class Stack:
 
     def _all_healthy(self) -> bool:
         states = {}
+        self.states = {}
         for c in self.containers():
             name = c["Config"]["Labels"]["com.docker.compose.service"]
             state = c["State"]
@@ -292,8 +298,11 @@ class Stack:
                     logs = sh("docker", "logs", "--tail", "30", c["Id"])
                     raise StackTestError(f"{name} failed (exit {state['ExitCode']}):\n{logs}")
                 states[name] = state["Status"] == "exited"
+                self.states[name] = state["Status"]
             else:
-                states[name] = state.get("Health", {}).get("Status", "healthy") == "healthy"
+                health = state.get("Health", {}).get("Status", "healthy")
+                states[name] = states.get(name, True) and health == "healthy"
+                self.states[name] = health if states[name] else f"{health} ({state['Status']})"
         return bool(states) and all(states.values())
 
     def _dags_parsed(self) -> bool:
