@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 
 from cyclegan_jobs import storage
-from cyclegan_jobs.images import encode_png
+from cyclegan_jobs.images import encode_jpeg, encode_png
 
 # Palettes the random draws pick from, so faces stay plausible (RGB, 0-255).
 _SKIN_LIGHT = np.array([255, 222, 196], dtype=np.float32)
@@ -22,6 +23,8 @@ _IRIS = np.array([[72, 46, 26], [60, 100, 150], [72, 112, 60], [40, 30, 22]], dt
 _LIPS = np.array([176, 72, 70], dtype=np.float32)
 
 _CHUNK = 64  # images rendered at a time: bounds memory for large n at 256 px
+# The demo inputs' seed: not the training faces' (0), so the job translates faces never seen.
+INPUT_FACES_SEED = 7
 
 
 def synthetic_faces(n: int, size: int, seed: int) -> np.ndarray:
@@ -191,12 +194,26 @@ def write_sample_domains(
         (storage.join(domain_b, f"face_{i:04d}.png"), picture)
         for i, picture in enumerate(synthetic_faces(n_b, size, seed=seed * 2))
     ]
+    _put_images(jobs, encode_png, "image/png")
+    return {"domain_a": domain_a, "domain_b": domain_b, "n_a": n_a, "n_b": n_b}
+
+
+def write_sample_faces(prefix: str, n: int, size: int, seed: int = INPUT_FACES_SEED) -> None:
+    """Put n generated faces as `face_0000.jpg ...` (size x size JPEG) under prefix."""
+    faces = synthetic_faces(n, size, seed=seed)
+    jobs = [(storage.join(prefix, f"face_{i:04d}.jpg"), face) for i, face in enumerate(faces)]
+    _put_images(jobs, encode_jpeg, "image/jpeg")
+
+
+def _put_images(
+    jobs: list[tuple[str, np.ndarray]], encode: Callable[[np.ndarray], bytes], content_type: str
+) -> None:
+    """Encode and write each (uri, picture)."""
 
     def put(job: tuple[str, np.ndarray]) -> None:
         uri, picture = job
-        storage.write_bytes(uri, encode_png(picture), content_type="image/png")
+        storage.write_bytes(uri, encode(picture), content_type=content_type)
 
     # Object stores are latency-bound: a few parallel PUTs make s3:// targets much faster.
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(put, jobs))
-    return {"domain_a": domain_a, "domain_b": domain_b, "n_a": n_a, "n_b": n_b}

@@ -35,7 +35,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,6 @@ OUTPUT = "s3://cyclegan-output/"
 MODEL_STORE = "s3://cyclegan-models"
 DOMAINS = "s3://cyclegan-data/sample"
 N_DOMAIN = 64  # training images per domain
-# Not the training faces' seed (0): the job translates faces the model has never seen.
-FACES_SEED = 7
 # Environment that would send the local keys elsewhere or mix them with real settings.
 _AWS_OVERRIDES = (
     "AWS_PROFILE",
@@ -180,18 +177,9 @@ def _ensure_input(n_faces: int, size: int) -> None:
     if next(storage.list_objects(bucket), None) is not None:
         _say(f"input: {bucket} already has objects; left as is")
         return
-    from cyclegan_jobs.images import encode_jpeg
-    from cyclegan_jobs.sample_data import synthetic_faces
+    from cyclegan_jobs.sample_data import write_sample_faces
 
-    faces = synthetic_faces(n_faces, size, seed=FACES_SEED)
-
-    def put(i: int) -> None:
-        uri = storage.join(INPUT, f"face_{i:04d}.jpg")
-        storage.write_bytes(uri, encode_jpeg(faces[i]), content_type="image/jpeg")
-
-    # Object stores are latency-bound: a few parallel PUTs.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(put, range(n_faces)))
+    write_sample_faces(INPUT, n_faces, size)
     _say(f"input: put {n_faces} sample faces ({size}x{size} JPEG) into {INPUT}")
 
 

@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,7 +28,6 @@ BUCKETS = "cyclegan-input,cyclegan-output,cyclegan-models,cyclegan-data"
 DOMAINS = "s3://cyclegan-data/sample"
 N_DOMAIN = 64
 INPUT = os.environ.get("CYCLEGAN_INPUT_URI", "s3://cyclegan-input/faces/")
-FACES_SEED = 7  # not the training faces' seed: the nightly translates faces training never saw
 
 
 def wait_for_s3(client, timeout: float = 120.0) -> None:
@@ -57,8 +55,7 @@ def create_buckets(client, names: list[str]) -> None:
 
 def put_sample_data(n_faces: int) -> None:
     """The training domains and `n_faces` generated input faces, each only when missing."""
-    from cyclegan_jobs.images import encode_jpeg
-    from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
+    from cyclegan_jobs.sample_data import write_sample_domains, write_sample_faces
 
     if sum(1 for _ in storage.list_objects(DOMAINS)) >= 2 * N_DOMAIN:
         log.info("training data: %s already there", DOMAINS)
@@ -68,14 +65,7 @@ def put_sample_data(n_faces: int) -> None:
     if next(storage.list_objects(INPUT), None) is not None:
         log.info("input: %s already has objects; left as is", INPUT)
         return
-    faces = synthetic_faces(n_faces, 64, seed=FACES_SEED)
-
-    def put(i: int) -> None:
-        uri = storage.join(INPUT, f"face_{i:04d}.jpg")
-        storage.write_bytes(uri, encode_jpeg(faces[i]), content_type="image/jpeg")
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(put, range(n_faces)))
+    write_sample_faces(INPUT, n_faces, 64)
     log.info("input: %d generated faces (64x64 JPEG) into %s", n_faces, INPUT)
 
 

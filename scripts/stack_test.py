@@ -254,7 +254,7 @@ class Stack:
             "CYCLEGAN_NIGHTLY_SCHEDULE": "",
             "CYCLEGAN_RETRAIN_SCHEDULE": "",
         }
-        self.states: dict[str, str] = {}  # service -> health, as last seen by _all_healthy
+        self.states: dict[str, str] = {}  # container -> health, as last seen by _all_healthy
         self.api = Api(f"http://127.0.0.1:{self.port['airflow']}", self.user, self.password)
 
     def compose(self, *args: str, timeout: float = 1800) -> str:
@@ -288,22 +288,19 @@ class Stack:
         return {c["Config"]["Hostname"] for c in running}
 
     def _all_healthy(self) -> bool:
-        states = {}
-        self.states = {}
-        for c in self.containers():
-            name = c["Config"]["Labels"]["com.docker.compose.service"]
-            state = c["State"]
-            if name.endswith("-init"):
-                if state["Status"] == "exited" and state["ExitCode"] != 0:
-                    logs = sh("docker", "logs", "--tail", "30", c["Id"])
-                    raise StackTestError(f"{name} failed (exit {state['ExitCode']}):\n{logs}")
-                states[name] = state["Status"] == "exited"
-                self.states[name] = state["Status"]
-            else:
-                health = state.get("Health", {}).get("Status", "healthy")
-                states[name] = states.get(name, True) and health == "healthy"
-                self.states[name] = health if states[name] else f"{health} ({state['Status']})"
-        return bool(states) and all(states.values())
+        """Every init job exited 0 and every other container (each replica) is healthy."""
+        self.states = {c["Name"].lstrip("/"): self._status(c) for c in self.containers()}
+        return bool(self.states) and all(s in ("healthy", "exited 0") for s in self.states.values())
+
+    @staticmethod
+    def _status(container: dict) -> str:
+        state = container["State"]
+        if not container["Config"]["Labels"]["com.docker.compose.service"].endswith("-init"):
+            return state.get("Health", {}).get("Status", "healthy")
+        if state["Status"] == "exited" and state["ExitCode"]:
+            logs = sh("docker", "logs", "--tail", "30", container["Id"])
+            raise StackTestError(f"{container['Name']} failed (exit {state['ExitCode']}):\n{logs}")
+        return f"exited {state['ExitCode']}" if state["Status"] == "exited" else state["Status"]
 
     def _dags_parsed(self) -> bool:
         return all(self.api.get(f"/api/v2/dags/{d}", missing_ok=True) for d in (RETRAIN, NIGHTLY))
