@@ -61,6 +61,7 @@ def airflow_env(home: Path, endpoint_url: str, access_key: str, secret_key: str)
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.home:
             os.environ["AIRFLOW_HOME"] = args.home
         os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
+        os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
         os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
         from airflow.sdk.definitions.param import ParamValidationError
 

@@ -130,6 +130,13 @@ def test_dockerfile_stages_are_non_root_with_healthchecks_and_real_copies() -> N
     assert "cyclegan_local" not in dockerfile  # development tools stay out of the images
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "var", ".git"} <= set(ignored)
+    # The DAGs import their timetable from the plugins folder ($AIRFLOW_HOME/plugins), which
+    # also registers it: every image that parses the DAGs carries both.
+    for name in ("airflow", "worker"):
+        for folder in ("dags", "plugins"):
+            copy = rf"^COPY(?:\s+--\S+)*\s+{folder}\s+/opt/airflow/{folder}\s*$"
+            assert re.search(copy, stages[name], flags=re.M), f"{name} does not copy {folder}"
+    assert "plugins" not in ignored
 
 
 def test_dependency_sets_are_apart_and_requirements_txt_joins_them() -> None:
