@@ -11,6 +11,8 @@ from typing import Any
 
 from .config import DIRECTIONS, FORMATS, PRECISIONS, PRESETS, SCOPES
 
+log = logging.getLogger(__name__)
+
 # Exit codes: 0 ok, 1 the job failed (diverged, ...), 2 bad input or configuration.
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -344,15 +346,29 @@ def _log_to_stderr() -> None:
     root = logging.getLogger("cyclegan_jobs")
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         root.addHandler(_StderrHandler())
-    root.setLevel(logging.INFO)
 
 
-def run(argv: list[str]) -> tuple[int, Any]:
-    """Run one command in this process: (exit code, result). Errors are printed, not raised."""
+# Commands that run a model: TensorFlow is started (quietly) before they begin.
+_TF_COMMANDS = ("train", "translate", "evaluate", "gate")
+
+
+def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
+    """Run one command in this process: (exit code, result). Errors are printed, not raised.
+
+    `log_to_stderr`: the command line shows the library's log on stderr. Inside Airflow
+    (`dags/cyclegan_common.run_command`) it is False: the records go to the task log through
+    Airflow's own logging, with their levels (stderr would show every line as an error).
+    """
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise in job logs
-    _log_to_stderr()
+    logging.getLogger("cyclegan_jobs").setLevel(logging.INFO)  # progress is INFO
+    if log_to_stderr:
+        _log_to_stderr()
     from . import storage
+
+    if args.command in _TF_COMMANDS:
+        from .runtime import start_tensorflow
+
+        start_tensorflow()
 
     if args.endpoint_url:
         storage.configure(endpoint_url=args.endpoint_url)
@@ -380,8 +396,12 @@ def run(argv: list[str]) -> tuple[int, Any]:
     if args.result_file:
         storage.write_bytes(args.result_file, json.dumps(result, default=str).encode("utf-8"))
     if args.command == "gate" and not result["passed"]:
-        print(f"cyclegan-jobs gate: refused: {'; '.join(result['reasons'])}", file=sys.stderr)
-        return (0 if args.exit_zero else EXIT_FAILED), result
+        reasons = "; ".join(result["reasons"])
+        if args.exit_zero:  # a decision the caller acts on, not a failure
+            log.info("gate: refused: %s", reasons)
+            return 0, result
+        print(f"cyclegan-jobs gate: refused: {reasons}", file=sys.stderr)
+        return EXIT_FAILED, result
     if args.command in ("translate", "merge") and result.get("status") == "failed":
         share, limit = result["failed_share"], result["max_failure_rate"]
         print(f"cyclegan-jobs {args.command}: failed: {share:.1%} of inputs failed "

@@ -83,6 +83,8 @@ _endpoint_url: str | None = None
 _client: Any | None = None
 _injected = False
 _credentials: dict[str, str | None] | None = None
+# Connections the client keeps: at least one per thread of the largest parallel stage.
+_pool_size = 2 * MAX_WORKERS
 
 
 def configure(
@@ -102,6 +104,19 @@ def configure(
         _endpoint_url, _credentials = endpoint_url, credentials
         _client = client
         _injected = client is not None
+
+
+def ensure_pool(connections: int) -> None:
+    """Make the client's connection pool hold at least `connections` (one per thread that
+    may have a request in flight); a smaller pool makes urllib3 discard connections and log
+    "Connection pool is full" warnings. Rebuilds the shared client when it must grow."""
+    global _pool_size, _client
+    with _lock:
+        if connections <= _pool_size:
+            return
+        _pool_size = connections
+        if not _injected:
+            _client = None
 
 
 def client_settings() -> dict[str, Any]:
@@ -142,13 +157,48 @@ def _build_client(endpoint_url: str | None, credentials: dict | None = None) -> 
         retries={"max_attempts": 6, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
-        max_pool_connections=32,
+        max_pool_connections=_pool_size,
+        # SigV4 everywhere, presigned links too (an expiry of at most 7 days, no secret key).
+        signature_version="s3v4",
         # SeaweedFS/MinIO behind a plain host:port cannot serve virtual-hosted bucket names.
         s3={"addressing_style": "path"} if effective else None,
     )
     # A private session: the boto3 default session is not safe to create from several threads.
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint_url, config=config, **(credentials or {})
+    )
+
+
+# The longest a SigV4 presigned URL may live.
+MAX_LINK_SECONDS = 7 * 24 * 3600
+
+
+def presigned_url(
+    uri: str,
+    *,
+    listing: bool = False,
+    expires_s: int = MAX_LINK_SECONDS,
+    endpoint_url: str | None = None,
+) -> str:
+    """A browser link to an object (or, with `listing`, to the XML listing of a prefix).
+
+    For S3 it is a presigned URL: it carries a signature and an expiry, not the keys. Sign it
+    for the address the reader's browser uses (`endpoint_url`, e.g. a published port of an S3
+    server that the workers reach by another name); default: the client's own endpoint.
+    A local path gives its file:// URI.
+    """
+    if not is_s3(uri):
+        return _local_path(uri).resolve().as_uri()
+    bucket, key = split_s3(uri)
+    if endpoint_url:
+        client = _build_client(endpoint_url, _credentials)
+    else:
+        client = get_client()
+    if listing:
+        params = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else ""}
+        return client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=expires_s)
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import secrets
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -28,7 +28,10 @@ from .model import (
     set_determinism,
 )
 
+log = logging.getLogger(__name__)
+
 LOSS_CURVES = ("d_loss", "g_loss", "adv_loss", "cycle_loss", "identity_loss")
+LOAD_THREADS = 16  # parallel GETs and decodes while loading the training images
 # Settings that must not change when a run resumes: they define the data order and the model.
 RESUME_KEYS = ("model", "loss", "batch_size", "seed", "jitter", "shuffle_buffer", "holdout")
 
@@ -40,11 +43,6 @@ class TrainingError(RuntimeError):
 def new_run_id(now: datetime | None = None) -> str:
     # The random suffix keeps two runs started in the same second apart.
     return "run-" + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr; stdout ends with the JSON summary."""
-    print(f"[train] {message}", file=sys.stderr, flush=True)
 
 
 class RunFiles:
@@ -70,7 +68,7 @@ class RunFiles:
         remote_ckpt = storage.join(self.remote, "checkpoints")
         got = storage.download_dir(remote_ckpt, self.ckpt_dir)
         if got:
-            log(f"fetched {len(got)} checkpoint files from {remote_ckpt}")
+            log.info(f"fetched {len(got)} checkpoint files from {remote_ckpt}")
         if storage.exists(storage.join(self.remote, "history.jsonl")):
             self.history.write_bytes(storage.read_bytes(storage.join(self.remote, "history.jsonl")))
 
@@ -165,7 +163,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
     result_uri = storage.join(run_remote, "result.json")
     if storage.exists(result_uri):  # a finished run: rerunning it is a no-op, not a new version
         summary = storage.read_json(result_uri)
-        log(f"run {run_id} already finished as version {summary['version']}; nothing to do")
+        log.info(f"run {run_id} already finished as version {summary['version']}; nothing to do")
         return summary
 
     precision = resolve_precision(cfg.precision)
@@ -175,14 +173,15 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
 
     # 1. Data: both domains decoded once into uint8 arrays, held-out images kept apart.
     size = cfg.model.image_size
-    data = {
-        d: datasets.load_domain(
-            uri, size, domain=d, holdout=cfg.holdout, limit=cfg.limit, workers=16
+    storage.ensure_pool(LOAD_THREADS + storage.MAX_WORKERS)  # loading, then mirroring
+    data = {}
+    for d, uri in (("a", cfg.domain_a), ("b", cfg.domain_b)):
+        log.info("loading domain %s from %s at %dpx", d, uri, size)
+        data[d] = datasets.load_domain(
+            uri, size, domain=d, holdout=cfg.holdout, limit=cfg.limit, workers=LOAD_THREADS
         )
-        for d, uri in (("a", cfg.domain_a), ("b", cfg.domain_b))
-    }
     for d, dd in data.items():
-        log(
+        log.info(
             f"domain {d}: {len(dd.train)} train, {len(dd.test)} held out, {len(dd.skipped)} skipped"
         )
 
@@ -201,6 +200,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
     progress = (
         tf.Variable(0.0, trainable=False, name="budget_progress") if cfg.max_minutes else None
     )
+    log.info("building the %s model (%s) and its optimizers", cfg.model.preset, precision)
     with strategy.scope():
         cg = CycleGAN(cfg.model, cfg.loss, precision=precision, seed=cfg.seed)
         cg.compile(
@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         resumed_from = int(step_var.numpy())
-        log(f"resumed run {run_id} at step {resumed_from} from {manager.latest_checkpoint}")
+        log.info(f"resumed run {run_id} at step {resumed_from} from {manager.latest_checkpoint}")
     history = read_history(files.history, resumed_from)
     files.history.write_text("".join(json.dumps(r) + "\n" for r in history))
 
@@ -264,9 +264,11 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
     # 4. Train. Every step's losses are checked: a diverged model must not become a version.
     step = resumed_from
     stop_at = total_steps if cfg.stop_after is None else min(total_steps, step + cfg.stop_after)
-    log(
-        f"run {run_id}: {cfg.model.preset} preset at {size}px, {precision}, {replicas} replica(s), "
-        f"{cfg.epochs} epoch(s) x {steps_per_epoch} steps, batch {global_batch}"
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    log.info(
+        f"run {run_id}: {cfg.model.preset} preset at {size}px on {device}, {precision}, "
+        f"{replicas} replica(s), {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
+        f"batch {global_batch}; compiling the training step"
     )
     t_loop, images_done, last_log = time.time(), 0, (time.time(), 0)
     while step < stop_at:
@@ -300,7 +302,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
                 eta = (stop_at - step) * 2 * global_batch / max(rate, 1e-9)
                 if cfg.max_minutes:  # the time budget may end the run first
                     eta = min(eta, max(0.0, 60 * cfg.max_minutes - (now - t_loop)))
-                log(
+                log.info(
                     f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total_steps} "
                     f"d={row['d_loss']:.3f} g={row['g_loss']:.3f} cycle={row['cycle_loss']:.4f} "
                     f"| {rate:.1f} img/s | eta {eta:.0f}s"
@@ -330,7 +332,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
             "checkpoints": storage.join(run_remote, "checkpoints"),
             "images_per_sec": throughput,
         }
-        log(f"stopped at step {step}/{total_steps}; rerun with --run-id {run_id} to continue")
+        log.info(f"stopped at step {step}/{total_steps}; rerun with --run-id {run_id} to continue")
         return summary
 
     # 5. The new version: float32 generators (.keras), the four weight files, config, metrics.
@@ -392,5 +394,5 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> d
         "wall_seconds": round(time.time() - t_start, 1),
     }
     storage.write_json(result_uri, summary)
-    log(f"wrote version {version} to {version_uri}")
+    log.info(f"wrote version {version} to {version_uri}")
     return summary

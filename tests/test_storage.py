@@ -389,3 +389,51 @@ def test_access_denied_names_the_uri(moto_s3: str) -> None:
     _inject_errors(storage.get_client(), [(403, "AccessDenied")])
     with pytest.raises(storage.StorageError, match=f"access denied to {uri}"):
         storage.read_bytes(uri)
+
+
+def test_presigned_links_open_in_a_browser_without_the_keys(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    import urllib.parse
+    import urllib.request
+
+    storage.write_bytes(f"{s3_bucket}/out/_runs/r/contact_sheet.png", b"\x89PNG picture")
+    url = storage.presigned_url(f"{s3_bucket}/out/_runs/r/contact_sheet.png", expires_s=600)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert query["X-Amz-Expires"] == ["600"] and query["X-Amz-Signature"]
+    # A signature, an expiry and the key's id: nothing from which the secret key comes back.
+    assert set(query) == {
+        "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
+        "X-Amz-SignedHeaders", "X-Amz-Signature",
+    }  # fmt: skip
+    assert url.startswith(s3_server.endpoint_url)
+    with urllib.request.urlopen(url, timeout=30) as resp:  # a plain GET, as a browser does
+        assert resp.read() == b"\x89PNG picture"
+    listing = storage.presigned_url(f"{s3_bucket}/out", listing=True)
+    with urllib.request.urlopen(listing, timeout=30) as resp:
+        assert b"<Key>out/_runs/r/contact_sheet.png</Key>" in resp.read()
+    # Signed for the address a browser uses, which may differ from the workers' endpoint.
+    public = storage.presigned_url(f"{s3_bucket}/x.png", endpoint_url="http://localhost:9999")
+    assert public.startswith("http://localhost:9999/")
+    tampered = url.replace("X-Amz-Expires=600", "X-Amz-Expires=6000")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(tampered, timeout=30)
+    assert refused.value.code == 403
+
+
+def test_local_paths_link_as_file_uris(tmp_path: Path) -> None:
+    assert storage.presigned_url(str(tmp_path / "a.png")) == (tmp_path / "a.png").as_uri()
+
+
+def test_the_connection_pool_grows_to_the_threads_in_flight(aws_env: None) -> None:
+    storage.configure()
+    try:
+        before = storage.get_client()
+        assert before.meta.config.max_pool_connections == 2 * storage.MAX_WORKERS
+        storage.ensure_pool(8)  # smaller: the client stays
+        assert storage.get_client() is before
+        storage.ensure_pool(70)
+        assert storage.get_client().meta.config.max_pool_connections == 70
+    finally:
+        storage.configure()
+        storage._pool_size = 2 * storage.MAX_WORKERS

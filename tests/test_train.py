@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -200,7 +201,8 @@ def test_short_run_lowers_the_cycle_loss(tmp_path) -> None:  # noqa: ANN001
 
 
 MIRRORED = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)  # the library's progress, on stderr
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -234,10 +236,20 @@ def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:  # noqa: 
     assert np.isfinite(summary["final_losses"]["g_loss"])
 
 
-def test_time_budget_finishes_early_with_a_version(sample, tmp_path) -> None:  # noqa: ANN001
+def test_time_budget_finishes_early_with_a_version(sample, tmp_path, caplog) -> None:  # noqa: ANN001
     # A budget of 0.6 s is spent by the first step (it includes compiling the step).
     cfg = _cfg(sample, str(tmp_path / "store"), epochs=50, steps_per_epoch=10, max_minutes=0.01)
+    caplog.set_level(logging.INFO, logger="cyclegan_jobs")
     summary = train(cfg)
+    # Progress is logged at INFO through `logging` (Airflow shows it as INFO, not as errors),
+    # each slow stage announced before it starts; a healthy run logs no warning.
+    ours = [r for r in caplog.records if r.name.startswith("cyclegan_jobs")]
+    assert {r.levelno for r in ours} == {logging.INFO}, [r.getMessage() for r in ours]
+    said = [r.getMessage() for r in ours if r.name == "cyclegan_jobs.train"]
+    for stage in ("loading domain a", "loading domain b", "building the tiny model"):
+        assert any(m.startswith(stage) for m in said), (stage, said)
+    assert any("compiling the training step" in m for m in said)
+    assert any(m.startswith("wrote version") for m in said)
     assert summary["status"] == "finished" and summary["stopped_by_time_budget"] is True
     assert 1 <= summary["steps"] < 500
     assert registry.list_versions(str(tmp_path / "store"))[0]["version"] == summary["version"]
