@@ -6,8 +6,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The choices the CLI and the Airflow forms offer, defined once (this module imports nothing
+# heavy, so DAG files can read them when they are parsed).
 PRESETS = ("seed", "paper", "tiny")
+PRESET_HELP = {
+    "seed": "the notebook exactly: U-Net with 3 residual blocks, 256 px",
+    "paper": "Zhu et al. 2017: ResNet-9 generator, 70x70 PatchGAN, 256 px",
+    "tiny": "the seed's topology with 1/8 of the filters, 64 px: minutes on a CPU",
+}
+PRESET_IMAGE_SIZE = {"seed": 256, "paper": 256, "tiny": 64}
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISION_HELP = {
+    "auto": "float16 on a GPU, bfloat16 on a CPU that has it, else float32",
+    "float32": "full precision everywhere",
+    "bfloat16": "mixed precision for CPUs with AMX or AVX512-BF16",
+    "float16": "mixed precision with loss scaling, for GPUs",
+}
+# Image sizes a form offers: the generator halves the size four times, so multiples of 16.
+IMAGE_SIZES = (32, 64, 128, 256, 512)
 
 Architecture = Literal["unet_res", "resnet"]
 Adversarial = Literal["bce", "lsgan"]
@@ -122,10 +138,16 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
            that CPU tests and demos on 32-64 px images show learning within minutes.
     """
     if name == "seed":
-        model, loss = ModelConfig(preset="seed", image_size=image_size or 256), LossConfig()
+        model, loss = (
+            ModelConfig(preset="seed", image_size=image_size or PRESET_IMAGE_SIZE["seed"]),
+            LossConfig(),
+        )
     elif name == "tiny":
         model = ModelConfig(
-            preset="tiny", image_size=image_size or 64, gen_filters=8, disc_filters=8
+            preset="tiny",
+            image_size=image_size or PRESET_IMAGE_SIZE["tiny"],
+            gen_filters=8,
+            disc_filters=8,
         )
         # Least-squares discriminators (matching the generators' MSE-to-1 term) and a 10x LR:
         # with the seed's BCE discriminators the generators' MSE-on-logits term grows without
@@ -134,7 +156,7 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
     elif name == "paper":
         model = ModelConfig(
             preset="paper",
-            image_size=image_size or 256,
+            image_size=image_size or PRESET_IMAGE_SIZE["paper"],
             architecture="resnet",
             res_blocks=9,
             disc_kernel=4,

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -284,7 +285,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
         run.budget = pool.budget
         loaders = pool.stage(partial(load, size=size, max_pixels=cfg.max_pixels))
         storers = pool.stage(Store(cfg.output, cfg.format, cfg.keep_size, run.rule))
-    else:
+    else:  # a connection per load and store thread, and a few for the ledger and listing
+        storage.ensure_pool(2 * cfg.workers + 4)
         loaders = Threads(
             "load", partial(load, size=size, max_pixels=cfg.max_pixels, budget=run.budget),
             cfg.workers,
@@ -590,7 +592,8 @@ def merge_runs(
     shard_summaries = [
         storage.read_json(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
     ]
-    sheet = next((s["contact_sheet"] for s in shard_summaries if s.get("contact_sheet")), None)
+    sheets = [s["contact_sheet"] for s in shard_summaries if s.get("contact_sheet")]
+    sheet = _merge_contact_sheets(sheets, storage.join(run_root, "contact_sheet.png"))
     summary = {
         "run_id": run_id,
         "status": "failed" if share > max_failure_rate else "ok",
@@ -620,6 +623,36 @@ def merge_runs(
         len(shard_run_ids),
     )
     return summary
+
+
+# A merged contact sheet shows the first shards' sheets, one under the other.
+MERGED_SHEET_SHARDS = 4
+
+
+def _merge_contact_sheets(sheets: list[str], uri: str) -> str | None:
+    """Stack the first shards' contact sheets into the run's own sheet at `uri`; None when no
+    shard made one (nothing was translated)."""
+    if not sheets:
+        return None
+    from PIL import Image
+
+    parts = []
+    for sheet in sheets[:MERGED_SHEET_SHARDS]:
+        try:
+            data = storage.read_bytes(sheet)
+        except storage.NotFoundError:  # a picture is not worth failing the run for
+            log.warning("contact sheet %s is missing; left out of the run's sheet", sheet)
+            continue
+        with Image.open(BytesIO(data)) as picture:
+            parts.append(np.asarray(picture.convert("RGB")))
+    if not parts:
+        return None
+    width = max(p.shape[1] for p in parts)
+    padded = [
+        np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts
+    ]
+    storage.write_bytes(uri, images.encode_png(np.concatenate(padded)), content_type="image/png")
+    return uri
 
 
 def _write_jsonl(uri: str, entries: list[dict]) -> None:

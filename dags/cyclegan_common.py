@@ -28,6 +28,9 @@ matches the local stack (`make run`, `make airflow`); per-run Params override th
   CYCLEGAN_K8S_TOLERATIONS    [{"key": "nvidia.com/gpu", "operator": "Exists",
                               "effect": "NoSchedule"}] (JSON list)
   CYCLEGAN_K8S_ENV_SECRET     cyclegan-s3: a Secret with the pods' AWS_* environment
+  CYCLEGAN_LINK_ENDPOINT_URL  (the connection's endpoint): the S3 address in results links,
+                              as a browser reaches it (e.g. a published port when workers
+                              use an internal name); links are presigned for 7 days
 
 Runners: every heavy step is a light task that renders one `cyclegan-jobs` command line and a
 heavy task that runs it, in pool CYCLEGAN_POOL and queue CYCLEGAN_QUEUE. `local` runs it in the
@@ -39,12 +42,17 @@ credentials and endpoint (AWS_ENDPOINT_URL_S3) come from the Secret CYCLEGAN_K8S
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperatorLink
+
+log = logging.getLogger(__name__)
 
 RUNNERS = ("local", "kubernetes")
 # What both DAGs share: no backfill of missed intervals, one run at a time.
@@ -103,6 +111,7 @@ class Settings:
         ]
     )
     k8s_env_secret: str = "cyclegan-s3"
+    link_endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
@@ -134,6 +143,7 @@ class Settings:
             k8s_node_selector=_json_env("CYCLEGAN_K8S_NODE_SELECTOR", d.k8s_node_selector),
             k8s_tolerations=_json_env("CYCLEGAN_K8S_TOLERATIONS", d.k8s_tolerations),
             k8s_env_secret=env("CYCLEGAN_K8S_ENV_SECRET", d.k8s_env_secret),
+            link_endpoint_url=env("CYCLEGAN_LINK_ENDPOINT_URL") or None,
         )
 
     def model_asset(self) -> Any:
@@ -187,14 +197,71 @@ def use_connection(conn_id: str) -> None:
 
 def run_command(command: list[str], conn_id: str) -> Any:
     """The local runner: one `cyclegan-jobs` command in this process; its JSON result is the
-    task's return value (XCom). A non-zero exit fails the task; the reason is in the log."""
+    task's return value (XCom). A non-zero exit fails the task; the reason is in the log.
+
+    The job logs through Airflow's task logger (INFO progress stays INFO), not stderr, which
+    the task log would show as errors."""
     from cyclegan_jobs import cli
 
     use_connection(conn_id)
-    code, result = cli.run(command)
+    code, result = cli.run(command, log_to_stderr=False)
     if code != 0:
         raise RuntimeError(f"`cyclegan-jobs {command[0]}` exited with {code}; see the log above")
     return result
+
+
+# Results links: a task pushes each URL to an XCom (push_links) and its extra link, a button
+# on the task instance page, shows it (with_results_links).
+class _ResultsLink(BaseOperatorLink):
+    """Evaluated by the worker when the task ends: the URL the task pushed, or nothing."""
+
+    key: ClassVar[str]
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return XCom.get_value(ti_key=ti_key, key=self.key) or ""
+
+
+class ContactSheetLink(_ResultsLink):
+    name = "Contact sheet"
+    key = "contact_sheet_url"
+
+
+class OutputsLink(_ResultsLink):
+    name = "Outputs"
+    key = "outputs_url"
+
+
+RESULTS_LINKS = (ContactSheetLink, OutputsLink)
+
+
+def results_links(settings: Settings, *, contact_sheet: str | None, outputs: str) -> dict:
+    """Browser links to a run's contact sheet and output prefix, by XCom key (presigned for
+    S3, see storage.presigned_url), also logged so that they are in the task log."""
+    from cyclegan_jobs import storage
+
+    endpoint = settings.link_endpoint_url
+    links = {OutputsLink.key: storage.presigned_url(outputs, listing=True, endpoint_url=endpoint)}
+    if contact_sheet:
+        links[ContactSheetLink.key] = storage.presigned_url(contact_sheet, endpoint_url=endpoint)
+    for link in RESULTS_LINKS:
+        if link.key in links:
+            log.info("%s: %s", link.name, links[link.key])
+    return links
+
+
+def push_links(links: dict[str, str], context: dict) -> None:
+    """Store the links where the task's extra links (`with_results_links`) find them."""
+    for key, url in links.items():
+        context["ti"].xcom_push(key=key, value=url)
+
+
+def with_results_links(task_output: Any) -> Any:
+    """Give a task (the XComArg a @task call returned) the "Contact sheet" and "Outputs"
+    buttons; the task fills them with push_links()."""
+    task_output.operator.operator_extra_links = tuple(link() for link in RESULTS_LINKS)
+    return task_output
 
 
 def heavy_step(settings: Settings, task_id: str, command: Any, *, retries: int = 1) -> Any:
@@ -223,7 +290,11 @@ def _local_task(settings: Settings, **overrides: Any) -> Any:
 
     @task
     def run_job(command: list[str]) -> Any:
-        return run_command(command, conn_id)
+        result = run_command(command, conn_id)
+        if command[0] == "translate" and result:  # a shard: its own results, in its log
+            output = command[command.index("--output") + 1]
+            results_links(settings, contact_sheet=result.get("contact_sheet"), outputs=output)
+        return result
 
     return run_job.override(**overrides)
 

@@ -9,17 +9,25 @@ so a second run the same night does no model work.
 **Tasks**: `resolve_model` (the promoted version, pinned for the whole run; the model Asset is
 its inlet) -> `plan` (list pending inputs, cut them into shard files) -> `shard_commands` ->
 `translate_shard` (one mapped task per shard, pool `cyclegan_gpu`, queue `gpu`) -> `summarize`
-(merge the shard manifests into `<output>/_runs/<run>/summary.json`; fails the run when the
-share of failed images exceeds `max_failure_rate`). Nothing pending: the mapped step is
-skipped and the run succeeds.
+(merge the shard manifests into `<output>/_runs/<run>/summary.json` and the shards' contact
+sheets into `<output>/_runs/<run>/contact_sheet.png`; fails the run when the share of failed
+images exceeds `max_failure_rate`). Nothing pending: the mapped step is skipped and the run
+succeeds.
+
+**Results**: the `summarize` task instance has two buttons, *Contact sheet* (input, stylized,
+reconstructed, side by side) and *Outputs* (the listing of the output prefix); each shard's
+log ends with the same links for its own images. On S3 they are presigned URLs valid for 7
+days (set CYCLEGAN_LINK_ENDPOINT_URL when browsers reach the S3 server at another address than
+the workers do).
 
 **Settings** (environment, see `dags/cyclegan_common.py`): CYCLEGAN_INPUT_URI,
 CYCLEGAN_OUTPUT_URI, CYCLEGAN_MODEL_STORE, CYCLEGAN_NIGHTLY_SCHEDULE (default `0 2 * * *`, UTC),
 CYCLEGAN_RUNNER (`local` | `kubernetes`), CYCLEGAN_AWS_CONN_ID (default `aws_default`; its
 extra `endpoint_url` points at MinIO/SeaweedFS).
 
-**Trigger**: nightly by schedule; or *Trigger DAG* in the UI, where the form's Params (input,
-output, scope, direction, batch size, shard size, max failure rate) override the settings for
+**Trigger**: nightly by schedule (unpausing does not start a run for a night that has already
+passed); or *Trigger* in the UI, where the form's Params (`input`, `output`, `model_store`,
+`scope`, `direction`, `batch_size`, `shard_size`, `max_failure_rate`) override the settings for
 that run. From a shell: `airflow dags trigger cyclegan_nightly_translate --conf '{"scope": "all"}'`.
 """
 
@@ -33,9 +41,13 @@ from cyclegan_common import (
     Settings,
     cli_args,
     heavy_mapped,
+    push_links,
+    results_links,
     safe_run_id,
     use_connection,
+    with_results_links,
 )
+from cyclegan_timetables import schedule_for
 
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
@@ -43,7 +55,7 @@ MODEL_ASSET = SETTINGS.model_asset()
 
 @dag(
     dag_id="cyclegan_nightly_translate",
-    schedule=SETTINGS.nightly_schedule,
+    schedule=schedule_for(SETTINGS.nightly_schedule),
     **DAG_DEFAULTS,
     tags=["cyclegan", "translate"],
     doc_md=__doc__,
@@ -52,37 +64,61 @@ MODEL_ASSET = SETTINGS.model_asset()
             SETTINGS.input_uri,
             type="string",
             minLength=1,
-            description="s3://bucket/prefix/ (or folder) of the images to translate",
+            title="Input",
+            description="s3://bucket/prefix/ (or a folder) of the images to translate.",
         ),
         "output": Param(
             SETTINGS.output_uri,
             type="string",
             minLength=1,
-            description="where stylized/ and reconstructed/ go",
+            title="Output",
+            description="Where stylized/, reconstructed/ and _runs/ go (s3:// or a folder).",
         ),
         "model_store": Param(
             SETTINGS.model_store,
             type="string",
             minLength=1,
-            description="its promoted version is used",
+            title="Model store",
+            description="Its promoted version translates (cyclegan_retrain promotes one).",
         ),
         "scope": Param(
             "new",
             enum=["new", "all"],
-            description="new: skip inputs with up-to-date outputs; all: also redo "
-            "outputs made by another model version",
+            title="Scope",
+            description="new: skip inputs whose outputs are up to date; all: also redo "
+            "outputs made by another model version.",
         ),
-        "direction": Param("b2a", enum=["b2a", "a2b"], description="b2a: photo -> painting"),
-        "batch_size": Param(32, type="integer", minimum=1, maximum=1024),
+        "direction": Param(
+            "b2a",
+            enum=["b2a", "a2b"],
+            title="Direction",
+            description="b2a: photo -> painting (the nightly's job); a2b: painting -> photo.",
+        ),
+        "batch_size": Param(
+            32,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Batch size",
+            description="Images per model call (1 to 1024); larger keeps a GPU busier.",
+        ),
         "shard_size": Param(
-            500, type="integer", minimum=1, description="inputs per mapped translate task"
+            500,
+            type="integer",
+            minimum=1,
+            maximum=1_000_000,
+            title="Shard size",
+            description="Inputs per mapped translate_shard task; shards run in parallel "
+            "on the gpu workers.",
         ),
         "max_failure_rate": Param(
             0.1,
             type="number",
             minimum=0,
             maximum=1,
-            description="fail the run above this share of failed images",
+            title="Maximum failure rate",
+            description="Fail the run when more than this share (0 to 1) of the inputs "
+            "could not be translated (unreadable images, ...).",
         ),
     },
 )
@@ -139,8 +175,9 @@ def cyclegan_nightly_translate():
         ]
 
     @task(trigger_rule="none_failed", **IO_RETRIES)
-    def summarize(planned: dict, params: dict | None = None) -> dict:
-        """Merge the shards' manifests into the run's summary; fail above the failure rate."""
+    def summarize(planned: dict, params: dict | None = None, **context) -> dict:
+        """Merge the shards' manifests into the run's summary and contact sheet, link them;
+        fail above the failure rate."""
         from cyclegan_jobs.translate import merge_runs
 
         use_connection(conn_id)
@@ -150,6 +187,10 @@ def cyclegan_nightly_translate():
             [shard["run_id"] for shard in planned["shards"]],
             max_failure_rate=params["max_failure_rate"],
         )
+        links = results_links(
+            SETTINGS, contact_sheet=summary["contact_sheet"], outputs=params["output"]
+        )
+        push_links(links, context)
         if summary["status"] == "failed":
             raise AirflowFailException(
                 f"{summary['counts']['failed']} inputs failed ({summary['failed_share']:.1%}, "
@@ -159,7 +200,7 @@ def cyclegan_nightly_translate():
 
     planned = plan(resolve_model())
     translated = heavy_mapped(SETTINGS, "translate_shard", shard_commands(planned), retries=2)
-    translated >> summarize(planned)
+    translated >> with_results_links(summarize(planned))
 
 
 cyclegan_nightly_translate()

@@ -10,20 +10,30 @@ when fewer than `min_new_images` are new and `force` is off) -> `train` (resumab
 continues from the run's checkpoint mirrored to `<model store>/runs/<run>/`) -> `evaluate`
 (`<version>/evaluation.json`) -> `gate` (`<version>/gate.json`: decision and reasons) ->
 `promote` (only when the gate passed and `promote` is `gate`; updates the model Asset) ->
-`summary` (`<model store>/runs/<run>/retrain_summary.json`: what happened and why). The heavy
+`summary` (`<model store>/runs/<run>/retrain.json`: what happened and why). The heavy
 steps (`train`, `evaluate`, `gate`) run in pool `cyclegan_gpu` and queue `gpu`, each after a
 `*_command` task that renders its `cyclegan-jobs` command line.
+
+**Reading a run**: `promote` green: a new version is live. `promote` skipped: the gate refused
+the candidate, or `promote` is `never`, or there was too little new data (then `train` is
+skipped too). The `summary` task's log says which, with the gate's reasons, in one block.
+A refused candidate does **not** fail the run: the gate did its job and the promoted model
+stays in service; the run fails only when something broke (data unreadable, training
+diverged, the store unreachable). Alert on refusals from `retrain.json` if you need to.
 
 **Settings** (environment, see `dags/cyclegan_common.py`): CYCLEGAN_DOMAIN_A_URI,
 CYCLEGAN_DOMAIN_B_URI, CYCLEGAN_MODEL_STORE, CYCLEGAN_RETRAIN_SCHEDULE (default `@weekly`),
 CYCLEGAN_RUNNER (`local` | `kubernetes`: a pod of CYCLEGAN_IMAGE with a GPU), CYCLEGAN_AWS_CONN_ID.
 
-**Trigger**: weekly by schedule; or *Trigger DAG* in the UI and fill in the form (preset,
-epochs, learning rate, ...; invalid values are refused before anything runs). From a shell:
+**Trigger**: weekly by schedule (unpausing does not start a run for a week that has already
+passed); or *Trigger* in the UI and fill in the form (`preset`, `epochs`, `image_size`, ...;
+invalid values are refused before anything runs). From a shell:
 `airflow dags trigger cyclegan_retrain --conf '{"preset": "tiny", "epochs": 5, "force": true}'`.
 """
 
 from __future__ import annotations
+
+import logging
 
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
@@ -36,72 +46,177 @@ from cyclegan_common import (
     safe_run_id,
     use_connection,
 )
+from cyclegan_timetables import schedule_for
 
+from cyclegan_jobs.config import (
+    IMAGE_SIZES,
+    PRECISION_HELP,
+    PRECISIONS,
+    PRESET_HELP,
+    PRESET_IMAGE_SIZE,
+    PRESETS,
+)
+
+log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
-PRESETS = ["seed", "paper", "tiny"]
-PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
+
+
+def _choices(help_by_value: dict) -> str:
+    return "; ".join(f"{value}: {text}" for value, text in help_by_value.items())
+
+
+PARAMS = {
+    "preset": Param(
+        SETTINGS.train_preset,
+        enum=list(PRESETS),
+        title="Preset",
+        description="The model and loss configuration. " + _choices(PRESET_HELP),
+    ),
+    "epochs": Param(
+        SETTINGS.train_epochs,
+        type="integer",
+        minimum=1,
+        maximum=1000,
+        title="Epochs",
+        description="Passes over the training images (1 to 1000).",
+    ),
+    "steps_per_epoch": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=1_000_000,
+        title="Steps per epoch",
+        description="Empty: every training image once per epoch.",
+    ),
+    "batch_size": Param(
+        1,
+        type="integer",
+        minimum=1,
+        maximum=256,
+        title="Batch size",
+        description="Images of each domain per step (the seed trains with 1).",
+    ),
+    "learning_rate": Param(
+        None,
+        type=["null", "number"],
+        exclusiveMinimum=0,
+        maximum=0.1,
+        title="Learning rate",
+        description="Adam's learning rate, above 0 and at most 0.1. Empty: the preset's "
+        "(seed 1e-4, paper 2e-4, tiny 1e-3).",
+    ),
+    "image_size": Param(
+        SETTINGS.train_image_size or PRESET_IMAGE_SIZE[SETTINGS.train_preset],
+        type="integer",
+        enum=list(IMAGE_SIZES),
+        values_display={str(size): f"{size} x {size} px" for size in IMAGE_SIZES},
+        title="Image size",
+        description="Training images are resized to this square. The presets' own sizes: "
+        + ", ".join(f"{name} {size} px" for name, size in PRESET_IMAGE_SIZE.items())
+        + ". Larger is slower: 256 px is hours on a CPU.",
+    ),
+    "precision": Param(
+        "auto",
+        enum=list(PRECISIONS),
+        title="Precision",
+        description="Numeric precision of training. " + _choices(PRECISION_HELP),
+    ),
+    "domain_a": Param(
+        SETTINGS.domain_a_uri,
+        type="string",
+        minLength=1,
+        title="Domain A (paintings)",
+        description="The style to learn: s3://bucket/prefix, a folder, or a .npy file.",
+    ),
+    "domain_b": Param(
+        SETTINGS.domain_b_uri,
+        type="string",
+        minLength=1,
+        title="Domain B (faces)",
+        description="The photos: s3://bucket/prefix, a folder, or a .npy file.",
+    ),
+    "model_store": Param(
+        SETTINGS.model_store,
+        type="string",
+        minLength=1,
+        title="Model store",
+        description="Where versions, PROMOTED.json and run checkpoints live (s3:// or folder).",
+    ),
+    "min_new_images": Param(
+        1,
+        type="integer",
+        minimum=0,
+        maximum=10_000_000,
+        title="Minimum new images",
+        description="Train only when at least this many domain-B images are new since the "
+        "promoted version.",
+    ),
+    "force": Param(
+        False, type="boolean", title="Force", description="Train even without new data."
+    ),
+    "min_cycle_psnr": Param(
+        15.0,
+        type="number",
+        minimum=0,
+        maximum=100,
+        title="Gate: minimum cycle PSNR (dB)",
+        description="The quality gate refuses a candidate whose cycle PSNR (photo -> painting "
+        "-> photo) is below this. 0 turns the floor off (the comparison with the promoted "
+        "version still applies). See README, the quality gate.",
+    ),
+    "promote": Param(
+        "gate",
+        enum=["gate", "never"],
+        title="Promote",
+        description="gate: promote the new version when it passes the quality gate; "
+        "never: train, evaluate and gate only.",
+    ),
+}
+
+
+def _outcome(found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
+             params: dict) -> str:  # fmt: skip
+    """One line: promoted <version> | refused <version>: <reasons> | not trained | ..."""
+    if trained is None:
+        return f"not trained: {found['new']} new images < {params['min_new_images']}"
+    if promoted:
+        return f"promoted {decision['candidate']}"
+    if decision and not decision["passed"]:
+        return f"refused {decision['candidate']}: {'; '.join(decision['reasons'])}"
+    return f"trained {trained['version']}; not promoted (promote={params['promote']})"
+
+
+def _summary_block(result: dict, uri: str) -> str:
+    """The run's outcome as the summary task logs it: readable in the task log as one block."""
+    found, gate = result["new_data"], result["gate"] or {}
+    metrics = gate.get("candidate_metrics") or {}
+    rows = [
+        ("outcome", result["outcome"]),
+        ("new data", f"{found['new']} of {found['total']} images new since {found['promoted']}"),
+        ("version", result["version"] or "-"),
+    ]
+    if gate:
+        psnr, swd = metrics.get("cycle_psnr"), metrics.get("swd_mean")
+        rows.append(("gate", "passed" if gate["passed"] else "refused"))
+        rows += [("reason", reason) for reason in gate["reasons"]]
+        rows.append(("cycle PSNR", "-" if psnr is None else f"{psnr:.2f} dB"))
+        rows.append(("SWD", "-" if swd is None else f"{swd:.4f}"))
+        rows.append(("compared with", gate.get("compared_with") or "(no promoted version)"))
+    rows.append(("summary", uri))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"retrain run {result['run_id']}"]
+    lines += [f"  {name:<{width}} : {value}" for name, value in rows]
+    return "\n".join(lines)
 
 
 @dag(
     dag_id="cyclegan_retrain",
-    schedule=SETTINGS.retrain_schedule,
+    schedule=schedule_for(SETTINGS.retrain_schedule),
     **DAG_DEFAULTS,
     tags=["cyclegan", "training"],
     doc_md=__doc__,
-    params={
-        "preset": Param(
-            SETTINGS.train_preset,
-            enum=PRESETS,
-            description="seed: the notebook; paper: Zhu et "
-            "al. 2017; tiny: small and fast, for CPU demos",
-        ),
-        "epochs": Param(SETTINGS.train_epochs, type="integer", minimum=1),
-        "steps_per_epoch": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            description="empty: all images once per epoch",
-        ),
-        "batch_size": Param(1, type="integer", minimum=1, maximum=256),
-        "learning_rate": Param(
-            None, type=["null", "number"], exclusiveMinimum=0, description="empty: the preset's"
-        ),
-        "image_size": Param(
-            SETTINGS.train_image_size,
-            type=["null", "integer"],
-            minimum=16,
-            multipleOf=16,
-            description="empty: the preset's (seed: 256)",
-        ),
-        "precision": Param("auto", enum=PRECISIONS),
-        "domain_a": Param(
-            SETTINGS.domain_a_uri,
-            type="string",
-            minLength=1,
-            description="paintings: s3:// prefix, folder or .npy",
-        ),
-        "domain_b": Param(
-            SETTINGS.domain_b_uri,
-            type="string",
-            minLength=1,
-            description="faces: s3:// prefix, folder or .npy",
-        ),
-        "model_store": Param(SETTINGS.model_store, type="string", minLength=1),
-        "min_new_images": Param(
-            1, type="integer", minimum=0, description="train only when at least this many are new"
-        ),
-        "force": Param(False, type="boolean", description="train even without new data"),
-        "min_cycle_psnr": Param(
-            15.0,
-            type="number",
-            minimum=0,
-            description="the gate's floor on cycle PSNR (dB); see README, the quality gate",
-        ),
-        "promote": Param(
-            "gate", enum=["gate", "never"], description="gate: promote when the quality gate passes"
-        ),
-    },
+    params=PARAMS,
 )
 def cyclegan_retrain():
     conn_id = SETTINGS.aws_conn_id
@@ -117,10 +232,11 @@ def cyclegan_retrain():
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def enough_new_data(found: dict, params: dict | None = None) -> bool:
         enough = found["new"] >= params["min_new_images"]
-        print(
-            f"{found['new']} of {found['total']} images new since {found['promoted']}; "
-            f"minimum {params['min_new_images']}, force {params['force']}"
-        )
+        log.info(
+            "%d of %d images new since %s; minimum %d, force %s",
+            found["new"], found["total"], found["promoted"], params["min_new_images"],
+            params["force"],
+        )  # fmt: skip
         return enough or params["force"]
 
     @task
@@ -182,17 +298,11 @@ def cyclegan_retrain():
         found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
         params: dict | None = None, run_id: str | None = None,
     ) -> dict:  # fmt: skip
-        """What this run did and why, stored beside the run's checkpoints."""
+        """What this run did and why: logged as one block, stored beside the checkpoints."""
         from cyclegan_jobs import storage
 
-        if trained is None:
-            outcome = f"not trained: {found['new']} new images < {params['min_new_images']}"
-        elif promoted:
-            outcome = f"promoted {decision['candidate']}"
-        elif decision and not decision["passed"]:
-            outcome = f"refused {decision['candidate']}: {'; '.join(decision['reasons'])}"
-        else:
-            outcome = f"trained {trained['version']}; not promoted (promote={params['promote']})"
+        outcome = _outcome(found, trained, decision, promoted, params)
+        uri = storage.join(params["model_store"], "runs", safe_run_id(run_id), "retrain.json")
         result = {
             "run_id": run_id,
             "outcome": outcome,
@@ -202,9 +312,8 @@ def cyclegan_retrain():
             "promoted": promoted,
         }
         use_connection(conn_id)
-        uri = storage.join(params["model_store"], "runs", safe_run_id(run_id), "retrain.json")
         storage.write_json(uri, result)
-        print(f"{outcome} (summary: {uri})")
+        log.info("%s", _summary_block(result, uri))
         return {"outcome": outcome, "summary": uri}
 
     found = detect_new_data()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -92,6 +93,7 @@ def dag_test(env: dict, dag_id: str, conf: dict) -> dict:
         if ("Error" in line or "error" in line) and "XCom not found" not in line
     ]
     result["errors"] = errors[-15:]
+    result["log"] = done.stdout + done.stderr
     return result
 
 
@@ -161,11 +163,15 @@ for dag in bag.dags.values():
     out["dags"][dag.dag_id] = {
         "schedule": str(dag.schedule), "catchup": dag.catchup,
         "max_active_runs": dag.max_active_runs, "tags": sorted(dag.tags),
-        "params": {k: dag.params.get_param(k).schema for k in dag.params},
+        "params": {k: {**dag.params.get_param(k).schema,
+                       "description": dag.params.get_param(k).description} for k in dag.params},
         "doc_md": dag.doc_md or "", "tasks": tasks,
     }
-heavy = ("tensorflow", "numpy", "PIL", "cyclegan_jobs", "keras")
+heavy = ("tensorflow", "numpy", "PIL", "keras")
 out["imported"] = [m for m in heavy if m in sys.modules]
+# The DAGs read the library's choices (cyclegan_jobs.config, stdlib only); nothing else.
+out["imported"] += [m for m in sys.modules if m.startswith("cyclegan_jobs.")
+                    and m != "cyclegan_jobs.config"]
 print(json.dumps(out))
 """
 
@@ -194,7 +200,10 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
         parsed["dags"]["cyclegan_retrain"],
     )
     assert set(parsed["dags"]) == {"cyclegan_nightly_translate", "cyclegan_retrain"}
-    assert "0 2 * * *" in nightly["schedule"] and "@weekly" in retrain["schedule"]
+    # The settings' crons, in the timetable that skips ticks missed while paused (no surprise
+    # run on unpause; tests/test_timetables.py, tests/test_browser.py).
+    assert "NextTickCronTimetable('0 2 * * *'" in nightly["schedule"]
+    assert "NextTickCronTimetable('0 0 * * 0'" in retrain["schedule"]  # @weekly
     for dag in (nightly, retrain):
         assert dag["catchup"] is False and dag["max_active_runs"] == 1
         assert "cyclegan" in dag["tags"]
@@ -208,10 +217,82 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
         "precision", "domain_a", "domain_b", "model_store", "min_new_images", "force",
         "promote", "min_cycle_psnr",
     }  # fmt: skip
-    assert retrain["params"]["preset"]["enum"] == ["seed", "paper", "tiny"]
     assert retrain["params"]["epochs"]["minimum"] == 1
     assert retrain["params"]["promote"]["enum"] == ["gate", "never"]
     assert nightly["params"]["scope"]["enum"] == ["new", "all"]
+
+
+def test_the_forms_choices_are_the_librarys(parsed: dict) -> None:
+    from cyclegan_jobs import cli, config
+
+    form = parsed["dags"]["cyclegan_retrain"]["params"]
+    assert form["preset"]["enum"] == list(config.PRESETS)
+    assert form["precision"]["enum"] == list(config.PRECISIONS)
+    assert form["image_size"]["enum"] == list(config.IMAGE_SIZES)
+    assert form["image_size"]["type"] == "integer"  # a dropdown of sizes, not free input
+    for size in config.IMAGE_SIZES:  # every choice is one the model accepts
+        config.ModelConfig(image_size=size)
+    assert set(config.PRESET_HELP) == set(config.PRESETS)
+    assert set(config.PRECISION_HELP) == set(config.PRECISIONS)
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: a.choices for a in train._actions if a.choices}
+    assert list(choices["preset"]) == list(config.PRESETS)
+    assert list(choices["precision"]) == list(config.PRECISIONS)
+
+
+def test_every_param_has_a_title_a_description_and_numbers_have_bounds(parsed: dict) -> None:
+    for dag_id, dag in parsed["dags"].items():
+        for name, schema in dag["params"].items():
+            where = f"{dag_id}.{name}"
+            assert schema.get("title") and schema.get("description"), where
+            types = schema.get("type")
+            types = set(types) if isinstance(types, list) else {types}
+            if types & {"integer", "number"} and "enum" not in schema:
+                assert "minimum" in schema or "exclusiveMinimum" in schema, where
+                assert "maximum" in schema, where
+
+
+def _code_strings() -> set[str]:
+    """Every string constant in the package and the DAG files, docstrings left out."""
+    found: set[str] = set()
+    for path in [*(REPO / "cyclegan_jobs").glob("*.py"), *DAGS.glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        docs = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        found |= {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs
+        }  # fmt: skip
+    return found
+
+
+def test_the_docs_panel_names_only_params_tasks_and_files_that_exist(parsed: dict) -> None:
+    from cyclegan_common import RUNNERS, Settings
+
+    strings = _code_strings()
+    for dag_id, dag in parsed["dags"].items():
+        doc = dag["doc_md"]
+        files = set(re.findall(r"[\w.-]+\.(?:json|jsonl|png|keras|py)\b", doc))
+        assert files, dag_id
+        for name in files:
+            if name.endswith(".py"):
+                assert (DAGS / name).is_file() or (REPO / name).is_file(), (dag_id, name)
+            else:  # an output the code writes: its name is a string in the code
+                assert any(name in text for text in strings), (dag_id, name)
+        enums = {str(v) for schema in dag["params"].values() for v in schema.get("enum", [])}
+        settings = Settings()  # the connection and its extra, the pool and the queue
+        known = {*dag["params"], *dag["tasks"], *enums, *RUNNERS, settings.aws_conn_id,
+                 "endpoint_url", settings.pool, settings.queue}  # fmt: skip
+        named = set(re.findall(r"`([a-z][a-z0-9_]*)`", doc))
+        assert named - known == set(), dag_id
+        assert named & set(dag["params"]), dag_id  # the form's fields are explained
 
 
 def test_heavy_tasks_use_the_gpu_pool_and_queue_and_io_tasks_retry(parsed: dict) -> None:
@@ -238,6 +319,7 @@ def test_parsing_imports_no_tensorflow_numpy_pil_or_library(parsed: dict) -> Non
 
 def test_dag_modules_have_no_heavy_top_level_imports() -> None:
     banned = {"tensorflow", "numpy", "PIL", "boto3", "cyclegan_jobs", "keras"}
+    allowed = {"cyclegan_jobs.config"}  # the choices the forms offer; imports only stdlib
     for path in DAGS.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only: tasks import inside their functions
@@ -246,7 +328,12 @@ def test_dag_modules_have_no_heavy_top_level_imports() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
+            names = [n for n in names if n not in allowed]
             assert not {n.split(".")[0] for n in names} & banned, f"{path.name}: {names}"
+    config = ast.parse((REPO / "cyclegan_jobs" / "config.py").read_text())
+    imported = {a.name for n in config.body if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in config.body if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "dataclasses", "typing"}, imported
 
 
 def test_ruff_airflow_rules_are_clean_on_dags() -> None:
@@ -292,6 +379,21 @@ def test_nightly_writes_every_output_then_skips_everything(
     summary = _run_summary(f"{bucket}/out/", first["run_id"])
     assert summary["counts"] == {"total": 6, "ok": 6, "skipped": 0, "failed": 0}
     assert summary["model_version"] == registry.promoted(trained["store"])["version"]
+    # The run's contact sheet beside its summary, and a link to it in the task log that a
+    # browser can open (presigned: no keys).
+    run_root = f"{bucket}/out/_runs/{safe_run_id(first['run_id'])}"
+    assert summary["contact_sheet"] == f"{run_root}/contact_sheet.png"
+    path = urllib.parse.quote(run_root.removeprefix("s3://") + "/contact_sheet.png")
+    links = [u for u in re.findall(r"Contact sheet: (http\S+)", first["log"]) if path in u]
+    assert len(links) == 1, first["log"][-3000:]
+    assert "X-Amz-Signature=" in links[0] and os.environ["AWS_SECRET_ACCESS_KEY"] not in (
+        links[0].replace("Credential=" + os.environ["AWS_ACCESS_KEY_ID"], "")
+    )
+    with urllib.request.urlopen(links[0], timeout=30) as resp:
+        assert resp.read() == storage.read_bytes(summary["contact_sheet"])
+    shard_links = re.findall(r"Contact sheet: (http\S+-shard000[01]/contact_sheet\.png\S*)",
+                             first["log"])  # fmt: skip
+    assert len(shard_links) == 2  # each shard's log links its own
 
     second = dag_test(airflow, "cyclegan_nightly_translate", conf)
     assert second["state"] == "success"
@@ -374,6 +476,10 @@ def test_forced_retrain_trains_and_a_refused_candidate_is_not_promoted(
     assert registry.promoted(store)["version"] == before
     summary = storage.read_json(f"{store}/runs/{safe_run_id(result['run_id'])}/retrain.json")
     assert summary["outcome"].startswith(f"refused {candidate}: cycle PSNR")
+    # The summary task's log says so in one block, without anyone opening XComs.
+    assert re.search(rf"outcome +: refused {candidate}: cycle PSNR", result["log"])
+    assert re.search(r"gate +: refused", result["log"])
+    assert re.search(r"reason +: cycle PSNR [\d.]+ dB < floor 99.0 dB", result["log"])
 
 
 @pytest.mark.parametrize(
@@ -382,6 +488,7 @@ def test_forced_retrain_trains_and_a_refused_candidate_is_not_promoted(
         ({"epochs": 0}, "epochs"),
         ({"preset": "huge"}, "preset"),
         ({"learning_rate": -0.001}, "learning_rate"),
+        ({"image_size": 50}, "image_size"),
     ],
 )
 def test_invalid_params_are_refused_before_any_task(

@@ -10,9 +10,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cyclegan_jobs import cli, registry, storage
+from cyclegan_jobs import cli, images, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
 from cyclegan_jobs.datasets import new_data
 from cyclegan_jobs.translate import TranslateError, merge_runs, plan_shards, translate
@@ -83,6 +84,14 @@ def test_translate_refuses_a_bad_shard_file_before_any_work(moto_s3: str, tmp_pa
     assert list(storage.list_objects(f"{moto_s3}/out/")) == []
 
 
+def _sheet_picture(run_id: str) -> np.ndarray:
+    """A shard's stand-in contact sheet: its own size and colour, so a merge shows its order."""
+    shard = int(run_id[-4:])
+    picture = np.zeros((20 + 10 * shard, 30 + 5 * shard, 3), np.uint8)
+    picture[..., shard % 3] = 50 + 60 * shard
+    return picture
+
+
 def _shard(output: str, run_id: str, statuses: list[str], version: str = "v1") -> None:
     lines = [
         json.dumps(
@@ -94,6 +103,7 @@ def _shard(output: str, run_id: str, statuses: list[str], version: str = "v1") -
         f"{output}_runs/{run_id}/manifest.jsonl", ("\n".join(lines) + "\n").encode()
     )
     sheet = f"{output}_runs/{run_id}/contact_sheet.png"
+    storage.write_bytes(sheet, images.encode_png(_sheet_picture(run_id)))
     storage.write_json(
         f"{output}_runs/{run_id}/summary.json", {"model_version": version, "contact_sheet": sheet}
     )
@@ -116,7 +126,14 @@ def test_merge_runs_counts_every_shard_and_applies_the_failure_threshold(moto_s3
     assert summary["failed_share"] == 0.2 and summary["status"] == "ok"
     assert summary["failures"] == [{"key": "run-shard0000-2.jpg", "reason": "bad"}]
     assert summary["model_version"] == "v1"
-    assert summary["contact_sheet"].endswith("run-shard0000/contact_sheet.png")
+    # The run's own sheet: the shards' sheets one under the other, padded white to one width.
+    assert summary["contact_sheet"] == f"{out}_runs/run/contact_sheet.png"
+    merged_sheet = images.decode_image(storage.read_bytes(summary["contact_sheet"]))
+    first, second = _sheet_picture("run-shard0000"), _sheet_picture("run-shard0001")
+    assert merged_sheet.shape == (first.shape[0] + second.shape[0], second.shape[1], 3)
+    assert (merged_sheet[: first.shape[0], : first.shape[1]] == first).all()
+    assert (merged_sheet[: first.shape[0], first.shape[1] :] == 255).all()
+    assert (merged_sheet[first.shape[0] :] == second).all()
     assert storage.read_json(summary["summary"]) == summary
     merged = storage.read_bytes(summary["manifest"]).decode().splitlines()
     assert len(merged) == 6
