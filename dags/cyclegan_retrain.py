@@ -103,8 +103,8 @@ PARAMS = {
         exclusiveMinimum=0,
         maximum=0.1,
         title="Learning rate",
-        description="Adam's learning rate, above 0 and at most 0.1. Empty: the preset's "
-        "(seed 1e-4, paper 2e-4, tiny 1e-3).",
+        description="Adam's learning rate, above 0 and at most 0.1, e.g. 0.0002. Empty: the "
+        "preset's (seed 0.0001, paper 0.0002, tiny 0.001).",
     ),
     "image_size": Param(
         SETTINGS.train_image_size or PRESET_IMAGE_SIZE[SETTINGS.train_preset],
