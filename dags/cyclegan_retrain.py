@@ -191,9 +191,10 @@ def _summary_block(result: dict, uri: str) -> str:
     """The run's outcome as the summary task logs it: readable in the task log as one block."""
     found, gate = result["new_data"], result["gate"] or {}
     metrics = gate.get("candidate_metrics") or {}
+    since = found["promoted"] or "(no promoted version)"
     rows = [
         ("outcome", result["outcome"]),
-        ("new data", f"{found['new']} of {found['total']} images new since {found['promoted']}"),
+        ("new data", f"{found['new']} of {found['total']} images new since {since}"),
         ("version", result["version"] or "-"),
     ]
     if gate:
@@ -234,8 +235,8 @@ def cyclegan_retrain():
         enough = found["new"] >= params["min_new_images"]
         log.info(
             "%d of %d images new since %s; minimum %d, force %s",
-            found["new"], found["total"], found["promoted"], params["min_new_images"],
-            params["force"],
+            found["new"], found["total"], found["promoted"] or "(no promoted version)",
+            params["min_new_images"], params["force"],
         )  # fmt: skip
         return enough or params["force"]
 

@@ -116,14 +116,21 @@ class Api:
     def run(self, dag_id: str, run_id: str) -> dict:
         return self.get(f"/dags/{dag_id}/dagRuns/{quote(run_id)}")
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """Every task instance of the run, mapped ones each on their own."""
+        path = f"/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances"
+        return self.get(path, limit=100)["task_instances"]
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.get(f"/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")
         return {ti["task_id"]: ti["state"] for ti in tis["task_instances"] if ti["map_index"] < 1}
 
-    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[dict]:
+    def log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> list[dict]:
         """A task instance's structured log lines (the JSON form of the logs endpoint)."""
         path = f"/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/logs/{try_number}"
-        content = self.get(path, full_content="true")["content"]
+        content = self.get(path, full_content="true", map_index=map_index)["content"]
         return [line if isinstance(line, dict) else {"event": str(line)} for line in content]
 
     def health(self) -> dict:

@@ -386,6 +386,23 @@ def test_6_retrain_run(e2e: E2E) -> None:
                 problems.append(f"promote {states.get('promote')}, and no refusal in the log")
         assert not problems, "; ".join(problems)
         e2e.state["promoted"] = states.get("promote") == "success"
+        _summary_shot(e2e, run_id)
+
+
+def _summary_shot(e2e: E2E, run_id: str) -> None:
+    """The summary task's log: the outcome in one INFO block, where an operator looks."""
+    d = e2e.driver
+    e2e.open(f"/dags/{RETRAIN}/runs/{quote(run_id)}/tasks/summary")
+    lines: list[tuple[str, str]] = []
+
+    def outcome_shown(d: Any) -> bool:
+        lines[:] = log_view_lines(d)
+        return any("retrain run" in text for _, text in lines)
+
+    until(d, "the outcome block in the summary log", outcome_shown, 90)
+    shot(d, "06b_retrain_summary_log")
+    block = [(level, text) for level, text in lines if "retrain run" in text]
+    assert block[0][0] == "INFO", block
 
 
 def test_7_train_log_levels(e2e: E2E) -> None:
@@ -465,3 +482,12 @@ def test_8_nightly_contact_sheet(e2e: E2E) -> None:
         shot(d, "08b_contact_sheet")
         assert "contact_sheet.png" in d.current_url, d.current_url
         assert re.search(r"contact sheet: http", summary_log, re.I), "the log names the URL"
+        # Every task of the nightly, each shard too, logged no WARNING or ERROR (urllib3's
+        # "Connection pool is full" was one, when the pool was smaller than the threads).
+        bad = [
+            (ti["task_id"], ti["map_index"], str(line.get("event"))[:200])
+            for ti in api.task_instances(NIGHTLY, run_id)
+            for line in api.log(NIGHTLY, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+            if str(line.get("level", "")).upper() in BAD_LEVELS
+        ]
+        assert not bad, f"the nightly's task logs have WARNING/ERROR lines: {bad}"
