@@ -29,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = write_sample_domains(str(root / "data"), n_a=48, n_b=48, size=SIZE, seed=0)
     model_cfg, _ = preset("tiny", SIZE)
     store = str(root / "store")
-    trained = train(tiny_config(data, store, SIZE, steps_per_epoch=150, epochs=4, log_every=150))
+    trained = train(tiny_config(data, store, SIZE, steps_per_epoch=150, epochs=4, log_every=75))
     config = {"model": asdict(model_cfg), "train": {"domain_a": data["domain_a"],
               "domain_b": data["domain_b"], "holdout": 0.3}}  # fmt: skip
 
@@ -51,6 +51,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "untrained": version("v-untrained"),
         "nan": version("v-nan", poison=True),
     }
+
+
+def test_a_short_run_lowers_the_cycle_loss(world: dict) -> None:
+    # make run's setting in small: the tiny preset, 600 steps at 64 px, about a minute.
+    rows = storage.read_bytes(storage.join(world["trained"], "history.jsonl")).splitlines()
+    curve = [round(json.loads(row)["cycle_loss"], 4) for row in rows]
+    assert len(curve) == 8
+    # Means of the first and the last quarter of the run (interval means are noisy).
+    assert np.mean(curve[-2:]) < 0.8 * np.mean(curve[:2]), curve
 
 
 def test_trained_model_beats_doing_nothing(world: dict) -> None:
