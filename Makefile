@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Two workers (pytest-xdist), each test file on one of them: its module fixtures (a trained
-# model, an Airflow stack) are built once. About 17 minutes on 2 cores, browser test included.
+# model, an Airflow stack) are built once. 15-17 minutes on 2 cores, browser test included.
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 
