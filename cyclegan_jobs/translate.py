@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -438,6 +437,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         "scope": cfg.scope,
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
         "input": cfg.input,
+        "output": cfg.output,
         "counts": {
             "total": sum(counts.values()),
             "ok": ok,
@@ -632,19 +632,12 @@ MERGED_SHEET_SHARDS = 4
 def _merge_contact_sheets(sheets: list[str], uri: str) -> str | None:
     """Stack the first shards' contact sheets into the run's own sheet at `uri`; None when no
     shard made one (nothing was translated)."""
-    if not sheets:
-        return None
-    from PIL import Image
-
     parts = []
     for sheet in sheets[:MERGED_SHEET_SHARDS]:
         try:
-            data = storage.read_bytes(sheet)
+            parts.append(images.decode_image(storage.read_bytes(sheet)))
         except storage.NotFoundError:  # a picture is not worth failing the run for
             log.warning("contact sheet %s is missing; left out of the run's sheet", sheet)
-            continue
-        with Image.open(BytesIO(data)) as picture:
-            parts.append(np.asarray(picture.convert("RGB")))
     if not parts:
         return None
     width = max(p.shape[1] for p in parts)

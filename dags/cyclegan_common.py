@@ -156,6 +156,24 @@ class Settings:
         return Asset(name="cyclegan_promoted_model", uri=f"{store}/PROMOTED.json")
 
 
+def text_param(default: str, title: str, description: str) -> Any:
+    """A trigger-form field that must not be empty (a URI, a prefix, a folder)."""
+    from airflow.sdk import Param
+
+    return Param(default, type="string", minLength=1, title=title, description=description)
+
+
+def number_param(
+    default: float | None, *, title: str, description: str, kind: str = "integer", **bounds: Any
+) -> Any:
+    """A trigger-form number (`kind` integer or number) with its bounds (minimum, maximum or
+    exclusiveMinimum); a None default makes it optional (empty: the job's own default)."""
+    from airflow.sdk import Param
+
+    kinds = kind if default is not None else ["null", kind]
+    return Param(default, type=kinds, title=title, description=description, **bounds)
+
+
 def safe_run_id(run_id: str) -> str:
     """An Airflow run id (e.g. manual__2026-11-29T02:00:00+00:00) as a key- and path-safe name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.") or "run"
@@ -292,8 +310,9 @@ def _local_task(settings: Settings, **overrides: Any) -> Any:
     def run_job(command: list[str]) -> Any:
         result = run_command(command, conn_id)
         if command[0] == "translate" and result:  # a shard: its own results, in its log
-            output = command[command.index("--output") + 1]
-            results_links(settings, contact_sheet=result.get("contact_sheet"), outputs=output)
+            results_links(
+                settings, contact_sheet=result.get("contact_sheet"), outputs=result["output"]
+            )
         return result
 
     return run_job.override(**overrides)

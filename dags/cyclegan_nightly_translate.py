@@ -41,9 +41,11 @@ from cyclegan_common import (
     Settings,
     cli_args,
     heavy_mapped,
+    number_param,
     push_links,
     results_links,
     safe_run_id,
+    text_param,
     use_connection,
     with_results_links,
 )
@@ -60,26 +62,20 @@ MODEL_ASSET = SETTINGS.model_asset()
     tags=["cyclegan", "translate"],
     doc_md=__doc__,
     params={
-        "input": Param(
+        "input": text_param(
             SETTINGS.input_uri,
-            type="string",
-            minLength=1,
-            title="Input",
-            description="s3://bucket/prefix/ (or a folder) of the images to translate.",
+            "Input",
+            "s3://bucket/prefix/ (or a folder) of the images to translate.",
         ),
-        "output": Param(
+        "output": text_param(
             SETTINGS.output_uri,
-            type="string",
-            minLength=1,
-            title="Output",
-            description="Where stylized/, reconstructed/ and _runs/ go (s3:// or a folder).",
+            "Output",
+            "Where stylized/, reconstructed/ and _runs/ go (s3:// or a folder).",
         ),
-        "model_store": Param(
+        "model_store": text_param(
             SETTINGS.model_store,
-            type="string",
-            minLength=1,
-            title="Model store",
-            description="Its promoted version translates (cyclegan_retrain promotes one).",
+            "Model store",
+            "Its promoted version translates (cyclegan_retrain promotes one).",
         ),
         "scope": Param(
             "new",
@@ -94,26 +90,24 @@ MODEL_ASSET = SETTINGS.model_asset()
             title="Direction",
             description="b2a: photo -> painting (the nightly's job); a2b: painting -> photo.",
         ),
-        "batch_size": Param(
+        "batch_size": number_param(
             32,
-            type="integer",
             minimum=1,
             maximum=1024,
             title="Batch size",
             description="Images per model call (1 to 1024); larger keeps a GPU busier.",
         ),
-        "shard_size": Param(
+        "shard_size": number_param(
             500,
-            type="integer",
             minimum=1,
             maximum=1_000_000,
             title="Shard size",
             description="Inputs per mapped translate_shard task; shards run in parallel "
             "on the gpu workers.",
         ),
-        "max_failure_rate": Param(
+        "max_failure_rate": number_param(
             0.1,
-            type="number",
+            kind="number",
             minimum=0,
             maximum=1,
             title="Maximum failure rate",

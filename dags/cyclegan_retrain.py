@@ -43,7 +43,9 @@ from cyclegan_common import (
     Settings,
     cli_args,
     heavy_step,
+    number_param,
     safe_run_id,
+    text_param,
     use_connection,
 )
 from cyclegan_timetables import schedule_for
@@ -73,33 +75,30 @@ PARAMS = {
         title="Preset",
         description="The model and loss configuration. " + _choices(PRESET_HELP),
     ),
-    "epochs": Param(
+    "epochs": number_param(
         SETTINGS.train_epochs,
-        type="integer",
         minimum=1,
         maximum=1000,
         title="Epochs",
         description="Passes over the training images (1 to 1000).",
     ),
-    "steps_per_epoch": Param(
+    "steps_per_epoch": number_param(
         None,
-        type=["null", "integer"],
         minimum=1,
         maximum=1_000_000,
         title="Steps per epoch",
         description="Empty: every training image once per epoch.",
     ),
-    "batch_size": Param(
+    "batch_size": number_param(
         1,
-        type="integer",
         minimum=1,
         maximum=256,
         title="Batch size",
         description="Images of each domain per step (the seed trains with 1).",
     ),
-    "learning_rate": Param(
+    "learning_rate": number_param(
         None,
-        type=["null", "number"],
+        kind="number",
         exclusiveMinimum=0,
         maximum=0.1,
         title="Learning rate",
@@ -122,30 +121,23 @@ PARAMS = {
         title="Precision",
         description="Numeric precision of training. " + _choices(PRECISION_HELP),
     ),
-    "domain_a": Param(
+    "domain_a": text_param(
         SETTINGS.domain_a_uri,
-        type="string",
-        minLength=1,
-        title="Domain A (paintings)",
-        description="The style to learn: s3://bucket/prefix, a folder, or a .npy file.",
+        "Domain A (paintings)",
+        "The style to learn: s3://bucket/prefix, a folder, or a .npy file.",
     ),
-    "domain_b": Param(
+    "domain_b": text_param(
         SETTINGS.domain_b_uri,
-        type="string",
-        minLength=1,
-        title="Domain B (faces)",
-        description="The photos: s3://bucket/prefix, a folder, or a .npy file.",
+        "Domain B (faces)",
+        "The photos: s3://bucket/prefix, a folder, or a .npy file.",
     ),
-    "model_store": Param(
+    "model_store": text_param(
         SETTINGS.model_store,
-        type="string",
-        minLength=1,
-        title="Model store",
-        description="Where versions, PROMOTED.json and run checkpoints live (s3:// or folder).",
+        "Model store",
+        "Where versions, PROMOTED.json and run checkpoints live (s3:// or folder).",
     ),
-    "min_new_images": Param(
+    "min_new_images": number_param(
         1,
-        type="integer",
         minimum=0,
         maximum=10_000_000,
         title="Minimum new images",
@@ -155,9 +147,9 @@ PARAMS = {
     "force": Param(
         False, type="boolean", title="Force", description="Train even without new data."
     ),
-    "min_cycle_psnr": Param(
+    "min_cycle_psnr": number_param(
         15.0,
-        type="number",
+        kind="number",
         minimum=0,
         maximum=100,
         title="Gate: minimum cycle PSNR (dB)",

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "var" / "browser"
@@ -55,12 +55,6 @@ def wait_for(
             detail = f" (last error: {last_error!r})" if last_error else ""
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cron_hours_ago(hours: float, now: datetime | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
@@ -187,3 +188,10 @@ def random_version(store: str, preset_name: str = "tiny", size: int = 32) -> str
         registry.write_version(store, version, tmp)
     registry.promote(store, version, reason="tests: random weights")
     return version
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

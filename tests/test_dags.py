@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.images import encode_jpeg
@@ -565,12 +565,6 @@ def test_kubernetes_runner_renders_a_gpu_pod_with_the_local_runners_arguments(
 # --- REST trigger, as the UI does it -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if token:
@@ -590,7 +584,7 @@ def test_rest_trigger_with_conf_creates_a_run_and_invalid_conf_is_refused(
     password = secrets.token_urlsafe(12)
     passwords = tmp_path / "passwords.json"
     passwords.write_text(json.dumps({"admin": password}))
-    port = _free_port()
+    port = free_port()
     env = {
         **airflow,
         "AIRFLOW__API__PORT": str(port),
