@@ -24,10 +24,19 @@ PRECISION_HELP = {
 }
 # Image sizes a form offers: the generator halves the size four times, so multiples of 16.
 IMAGE_SIZES = (32, 64, 128, 256, 512)
+# Model selection (score the generators on held-out images every K steps, export the best):
+# off for the seed (it stays the notebook exactly) unless asked for.
+PRESET_SELECT_EVERY = {"seed": 0, "paper": 500, "tiny": 100}
+UPSAMPLING = ("transpose", "resize")
+UPSAMPLING_HELP = {
+    "transpose": "stride-2 transposed convolutions (the seed's; can leave a checkerboard)",
+    "resize": "resize x2, then a stride-1 convolution (Odena et al. 2016): no checkerboard",
+}
 
 Architecture = Literal["unet_res", "resnet"]
 Adversarial = Literal["bce", "lsgan"]
 Distance = Literal["mse", "l1"]
+Upsampling = Literal["transpose", "resize"]
 
 
 class ConfigError(ValueError):
@@ -45,8 +54,11 @@ class ModelConfig:
     disc_filters: int = 64
     res_blocks: int = 3
     disc_kernel: int = 3  # the seed's downsample() default, used by its discriminator
+    upsample: Upsampling = "transpose"  # the generators' upsampling layers (UPSAMPLING_HELP)
 
     def __post_init__(self) -> None:
+        if self.upsample not in UPSAMPLING:
+            raise ConfigError(f"unknown upsampling {self.upsample!r}; choose from {UPSAMPLING}")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "
@@ -104,6 +116,9 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint, no version) after this many steps
     max_minutes: float | None = None  # time budget: then finish (write the version) early
     promote: bool = False  # promote the new version right away (before a quality gate exists)
+    # Model selection: every N steps (and at the last) score the generators on the held-out
+    # images and keep the best weights; the version is made from them. 0: off (last weights).
+    select_every: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -118,10 +133,13 @@ class TrainConfig:
             "max minutes": self.max_minutes is None or self.max_minutes > 0,
             "limit": self.limit is None or self.limit >= 1,
             "holdout": 0.0 <= self.holdout < 1.0,
+            "select every": self.select_every >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid {', '.join(bad)} (must be >= 1; holdout in [0, 1))")
+            raise ConfigError(
+                f"invalid {', '.join(bad)} (must be >= 1; select every >= 0; holdout in [0, 1))"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
 

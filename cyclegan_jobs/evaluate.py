@@ -75,13 +75,9 @@ def evaluate(
     # float32: metrics must not depend on the machine's fastest precision.
     gens = Generators.load(version_uri, model_cfg, precision="float32")
     a, b = held["a"], held["b"]
-    fake_b = gens.apply("generator_AB", a, BATCH)
-    fake_a = gens.apply("generator_BA", b, BATCH)
-    rec_a = _to_uint8(gens.apply("generator_BA", _to_uint8(fake_b), BATCH))
-    rec_b = _to_uint8(gens.apply("generator_AB", _to_uint8(fake_a), BATCH))
+    fake_a, fake_b, rec_a, rec_b = _cycles(gens, a, b)
     id_a = _to_uint8(gens.apply("generator_BA", a, BATCH))
     id_b = _to_uint8(gens.apply("generator_AB", b, BATCH))
-    fake_a, fake_b = _to_uint8(fake_a), _to_uint8(fake_b)
 
     result: dict[str, Any] = {
         "version": PurePosixPath(version_uri.rstrip("/")).name,
@@ -115,12 +111,38 @@ def evaluate(
             "ssim": _ssim(fake_a, truth),
             "psnr_do_nothing": metrics.psnr(b, truth),
         }
-    result["cycle_psnr"] = _mean(result["cycle"]["a"]["psnr"], result["cycle"]["b"]["psnr"])
-    result["swd_mean"] = _mean(result["swd"]["a2b"], result["swd"]["b2a"])
+    result.update(_summary_scores(result["cycle"], result["swd"]))
     result, result["non_finite"] = _finite(result)
     if write:
         storage.write_json(storage.join(version_uri, "evaluation.json"), result)
     return result
+
+
+def _cycles(gens: Any, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(B->A, A->B, A->B->A, B->A->B) of uint8 held-out images through `gens` (an
+    inference.Generators); NaN outputs stay float (see _to_uint8)."""
+    fake_b = gens.apply("generator_AB", a, BATCH)
+    fake_a = gens.apply("generator_BA", b, BATCH)
+    rec_a = _to_uint8(gens.apply("generator_BA", _to_uint8(fake_b), BATCH))
+    rec_b = _to_uint8(gens.apply("generator_AB", _to_uint8(fake_a), BATCH))
+    return _to_uint8(fake_a), _to_uint8(fake_b), rec_a, rec_b
+
+
+def _summary_scores(cycle: dict, swd: dict) -> dict[str, float]:
+    return {
+        "cycle_psnr": _mean(cycle["a"]["psnr"], cycle["b"]["psnr"]),
+        "swd_mean": _mean(swd["a2b"], swd["b2a"]),
+    }
+
+
+def selection_metrics(gens: Any, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The unsupervised scores model selection ranks by, computed as `evaluate` does: cycle
+    PSNR (mean of both domains) and SWD of translated vs real target images (mean of both
+    directions). `gens` is an inference.Generators; a, b uint8 held-out images."""
+    fake_a, fake_b, rec_a, rec_b = _cycles(gens, a, b)
+    cycle = {"a": {"psnr": metrics.psnr(a, rec_a)}, "b": {"psnr": metrics.psnr(b, rec_b)}}
+    swd = {"a2b": _swd(fake_b, b), "b2a": _swd(fake_a, a)}
+    return _summary_scores(cycle, swd)
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -270,11 +270,11 @@ class CycleGAN(keras.Model):
         return (*cycle(self.gen_ab, self.gen_ba, a), *cycle(self.gen_ba, self.gen_ab, b))
 
 
-def float32_copy(network: keras.Model, model_cfg: ModelConfig) -> keras.Model:
-    """The same network rebuilt in float32 with the trained weights: the form we save."""
+def float32_copy(network: keras.Model, model_cfg: ModelConfig, weights: list | None = None):
+    """The same network rebuilt in float32 with its weights (or `weights`): the form we save."""
     kind = build_generator if network.name.startswith("generator") else build_discriminator
     copy = kind(model_cfg, name=network.name)
-    copy.set_weights(network.get_weights())
+    copy.set_weights(network.get_weights() if weights is None else weights)
     return copy
 
 

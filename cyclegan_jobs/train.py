@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import secrets
 import tempfile
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import datasets, images, registry, storage
+from . import datasets, hooks, images, plots, registry, storage
 from .config import TrainConfig
 from .model import (
     CycleGAN,
@@ -30,7 +29,7 @@ from .model import (
 
 log = logging.getLogger(__name__)
 
-LOSS_CURVES = ("d_loss", "g_loss", "adv_loss", "cycle_loss", "identity_loss")
+LOSS_CURVES = hooks.LOSS_CURVES
 LOAD_THREADS = 16  # parallel GETs and decodes while loading the training images
 # Settings that must not change when a run resumes: they define the data order and the model.
 RESUME_KEYS = ("model", "loss", "batch_size", "seed", "jitter", "shuffle_buffer", "holdout")
@@ -49,7 +48,8 @@ class RunFiles:
     """A run's scratch folder, mirrored to `<store>/runs/<run_id>/` so any machine can resume.
 
     checkpoints/ (TF checkpoints: 4 networks, 2 optimizers with their LR schedule state, step),
-    history.jsonl, run.json, samples/, loss_curve.png, tensorboard/.
+    history.jsonl, run.json, samples/, loss_curve.png, tensorboard/, best/ (model selection's
+    best-so-far weights and best.json).
     """
 
     def __init__(self, work: Path, remote: str):
@@ -71,6 +71,7 @@ class RunFiles:
             log.info(f"fetched {len(got)} checkpoint files from {remote_ckpt}")
         if storage.exists(storage.join(self.remote, "history.jsonl")):
             self.history.write_bytes(storage.read_bytes(storage.join(self.remote, "history.jsonl")))
+        storage.download_dir(storage.join(self.remote, "best"), self.work / "best")
 
     def push(self, path: Path) -> None:
         rel = path.relative_to(self.work).as_posix()
@@ -142,7 +143,7 @@ def sample_figure(cg: CycleGAN, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def loss_curve(history: list[dict]) -> np.ndarray:
     series = {k: [(r["step"], r[k]) for r in history if k in r] for k in LOSS_CURVES}
-    return images.line_chart(series, title="training losses (interval means)", log_y=True)
+    return plots.line_chart(series, title="training losses (interval means)", log_y=True)
 
 
 def _write_png(path: Path, picture: np.ndarray) -> Path:
@@ -151,248 +152,315 @@ def _write_png(path: Path, picture: np.ndarray) -> Path:
     return path
 
 
+class Trainer:
+    """One training job (or its resumption): `run()` reads in order
+
+        finished already? -> load data -> build or restore -> fit -> export (or stop)
+
+    The loop itself only steps; every other concern is a `hooks.Hook` in `self.hooks`.
+    `extra_hooks` (tests, benchmarks) run after model selection, before the checkpoint.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        strategy: tf.distribute.Strategy | None = None,
+        extra_hooks: tuple[hooks.Hook, ...] = (),
+    ):
+        self.t_start = time.time()
+        self.cfg = dataclasses.replace(cfg, run_id=cfg.run_id or new_run_id())
+        self.run_id = self.cfg.run_id
+        self.remote = registry.runs_uri(cfg.model_store, self.run_id)
+        self.strategy = strategy
+        self.selection = hooks.ModelSelection(cfg.select_every)
+        self.hooks: list[hooks.Hook] = [
+            hooks.NonFiniteGuard(),
+            hooks.IntervalLog(),
+            hooks.Samples(),
+            hooks.TimeBudget(),
+            self.selection,
+            *extra_hooks,
+            hooks.CheckpointMirror(),
+        ]
+
+    def run(self) -> dict[str, Any]:
+        result_uri = storage.join(self.remote, "result.json")
+        if storage.exists(result_uri):  # a finished run: rerunning it is a no-op, not a version
+            summary = storage.read_json(result_uri)
+            log.info(f"run {self.run_id} already finished as version {summary['version']}")
+            return summary
+        self.precision = resolve_precision(self.cfg.precision)
+        set_determinism(self.cfg.seed, self.cfg.deterministic)
+        work = self.cfg.work_dir or tempfile.mkdtemp(prefix=f"cyclegan-{self.run_id}-")
+        self.files = RunFiles(Path(work), self.remote)
+        self.load_data()
+        _check_resume_compatible(storage.join(self.remote, "run.json"), self.cfg)
+        self.build_or_restore()
+        self.fit()
+        if self.step < self.total_steps:  # stopped early on purpose (stop_after): resumable
+            return self.stopped()
+        summary = self.export()
+        storage.write_json(result_uri, summary)
+        log.info(f"wrote version {summary['version']} to {summary['version_uri']}")
+        return summary
+
+    # -- 1. data ---------------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Both domains decoded once into uint8 arrays, held-out images kept apart."""
+        size = self.cfg.model.image_size
+        storage.ensure_pool(LOAD_THREADS + storage.MAX_WORKERS)  # loading, then mirroring
+        self.data = {}
+        for d, uri in (("a", self.cfg.domain_a), ("b", self.cfg.domain_b)):
+            log.info("loading domain %s from %s at %dpx", d, uri, size)
+            self.data[d] = datasets.load_domain(
+                uri, size, domain=d, holdout=self.cfg.holdout, limit=self.cfg.limit,
+                workers=LOAD_THREADS,
+            )  # fmt: skip
+        for d, dd in self.data.items():
+            log.info(
+                f"domain {d}: {len(dd.train)} train, {len(dd.test)} held out, "
+                f"{len(dd.skipped)} skipped"
+            )
+        self.preview = {
+            d: (dd.test if len(dd.test) else dd.train)[:1] for d, dd in self.data.items()
+        }
+
+    # -- 2. model, optimizers, checkpoint ----------------------------------------------------
+    def build_or_restore(self) -> None:
+        """The model and its optimizers; the checkpoint's step drives epochs and the LR."""
+        cfg = self.cfg
+        self.strategy = self.strategy or distribution_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = cfg.batch_size * self.replicas
+        smallest = min(len(dd.train) for dd in self.data.values())
+        if smallest < self.global_batch:
+            raise TrainingError(
+                f"only {smallest} training images for a batch of {self.global_batch}"
+            )
+        self.steps_per_epoch = cfg.steps_per_epoch or smallest // self.global_batch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        # The share of the time budget used so far: drives the LR decay of time-budgeted runs.
+        self.progress = (
+            tf.Variable(0.0, trainable=False, name="budget_progress") if cfg.max_minutes else None
+        )
+        log.info("building the %s model (%s) and its optimizers", cfg.model.preset, self.precision)
+        with self.strategy.scope():
+            self.cg = CycleGAN(cfg.model, cfg.loss, precision=self.precision, seed=cfg.seed)
+            self.cg.compile(*(
+                make_optimizer(cfg.loss, self.total_steps, self.precision, name, self.progress)
+                for name in ("g_optimizer", "d_optimizer")
+            ))  # fmt: skip
+            # Create optimizer slots now so a restore fills them instead of deferring.
+            self.cg.g_optimizer.build(
+                self.cg.gen_ab.trainable_variables + self.cg.gen_ba.trainable_variables
+            )
+            self.cg.d_optimizer.build(
+                self.cg.disc_a.trainable_variables + self.cg.disc_b.trainable_variables
+            )
+            self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        pools = {f"pool_{d}": p for d, p in (self.cg.pools or {}).items()}
+        ckpt = tf.train.Checkpoint(
+            **self.cg.networks, g_optimizer=self.cg.g_optimizer,
+            d_optimizer=self.cg.d_optimizer, step=self.step_var, **pools,
+        )  # fmt: skip
+        self.files.fetch()  # before the manager, which reads the checkpoint index when created
+        self.manager = tf.train.CheckpointManager(ckpt, str(self.files.ckpt_dir), max_to_keep=2)
+        self.resumed_from = 0
+        if self.manager.latest_checkpoint:
+            ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.resumed_from = int(self.step_var.numpy())
+            log.info(f"resumed run {self.run_id} at step {self.resumed_from}")
+        self.history = read_history(self.files.history, self.resumed_from)
+        self.files.history.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.writer = tf.summary.create_file_writer(str(self.files.tensorboard))
+
+    # -- 3. batches and the loop -------------------------------------------------------------
+    def epoch_batches(self, epoch: int, skip: int) -> tf.data.Dataset:
+        """Deterministic per (seed, epoch): resuming mid-epoch skips what was already seen."""
+        streams = [
+            datasets.training_dataset(
+                self.data[d].train, batch_size=self.global_batch, seed=self.cfg.seed + offset,
+                epoch=epoch, jitter=self.cfg.jitter, shuffle_buffer=self.cfg.shuffle_buffer,
+            ).repeat()
+            for d, offset in (("a", 0), ("b", 7919))
+        ]  # fmt: skip
+        ds = tf.data.Dataset.zip(tuple(streams)).skip(skip).take(self.steps_per_epoch - skip)
+        return self.strategy.experimental_distribute_dataset(ds) if self.replicas > 1 else ds
+
+    def fit(self) -> None:
+        """Step until `stop_at` (the end, `stop_after`, or the time budget); hooks do the rest."""
+        strategy, cg = self.strategy, self.cg
+
+        @tf.function
+        def train_step(batch):  # noqa: ANN001 - strategy.run is a plain call by default
+            per_replica = strategy.run(cg.train_step, args=(batch,))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
+
+        cfg, self.step = self.cfg, self.resumed_from
+        self.stop_at = (
+            self.total_steps
+            if cfg.stop_after is None
+            else min(self.total_steps, self.step + cfg.stop_after)
+        )
+        device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        log.info(
+            f"run {self.run_id}: {cfg.model.preset} preset at {cfg.model.image_size}px on "
+            f"{device}, {self.precision}, {self.replicas} replica(s), {cfg.epochs} epoch(s) x "
+            f"{self.steps_per_epoch} steps, batch {self.global_batch}; compiling the training step"
+        )
+        for hook in self.hooks:
+            hook.start(self)
+        self.t_loop, self.images_done = time.time(), 0
+        while self.step < self.stop_at:
+            self.epoch = self.step // self.steps_per_epoch
+            for batch in self.epoch_batches(self.epoch, self.step % self.steps_per_epoch):
+                logs = {k: float(v) for k, v in train_step(batch).items()}
+                self.step += 1
+                self.images_done += 2 * self.global_batch  # one image per domain and example
+                self.step_var.assign(self.step)
+                for hook in self.hooks:
+                    hook.after_step(self, logs)
+                if self.step >= self.stop_at:
+                    break
+        self.loop_seconds = time.time() - self.t_loop
+
+    # -- what hooks call -----------------------------------------------------------------------
+    def record(self, row: dict[str, Any], scalars: dict[str, float]) -> None:
+        """One history line (history.jsonl, mirrored with each checkpoint) and its scalars."""
+        self.history.append(row)
+        with self.files.history.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        with self.writer.as_default(step=self.step):
+            for name, value in scalars.items():
+                if value is not None:
+                    tf.summary.scalar(name, value)
+
+    def save_samples(self, name: str | None = None) -> Path:
+        """The sample grid of the current weights (samples/step_N.png or `name`) and the loss
+        curve, mirrored; the grid also goes to TensorBoard."""
+        grid = sample_figure(self.cg, self.preview["a"], self.preview["b"])
+        path = _write_png(self.files.samples / (name or f"step_{self.step:07d}.png"), grid)
+        self.files.push(path)
+        self.files.push(_write_png(self.files.work / "loss_curve.png", loss_curve(self.history)))
+        with self.writer.as_default(step=self.step):
+            tf.summary.image("samples", grid[None], max_outputs=1)
+        return path
+
+    def write_weights(self, folder: Path, weights: dict[str, list[np.ndarray]]) -> list[Path]:
+        """The four networks' weights as float32 `<name>.weights.h5` files in `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, net in self.cg.networks.items():
+            copy = float32_copy(net, self.cfg.model, weights[name])
+            copy.save_weights(folder / f"{name}.weights.h5")
+            written.append(folder / f"{name}.weights.h5")
+        return written
+
+    def read_weights(self, folder: Path) -> dict[str, list[np.ndarray]]:
+        out = {}
+        for name, net in self.cg.networks.items():
+            copy = float32_copy(net, self.cfg.model)
+            copy.load_weights(folder / f"{name}.weights.h5")
+            out[name] = copy.get_weights()
+        return out
+
+    # -- 4. the end: stopped, or a new version -------------------------------------------------
+    def throughput(self) -> float:
+        return self.images_done / self.loop_seconds if self.images_done else 0.0
+
+    def stopped(self) -> dict[str, Any]:
+        log.info(
+            f"stopped at step {self.step}/{self.total_steps}; "
+            f"rerun with --run-id {self.run_id} to continue"
+        )
+        return {
+            "run_id": self.run_id,
+            "status": "stopped",
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "resumed_from": self.resumed_from,
+            "checkpoints": storage.join(self.remote, "checkpoints"),
+            "images_per_sec": self.throughput(),
+        }
+
+    def export(self) -> dict[str, Any]:
+        """The version: float32 generators (.keras), the four weight files, config, metrics,
+        samples; made from the selected weights when model selection ran."""
+        picture = None
+        if self.selection.best_weights is not None:
+            for name, net in self.cg.networks.items():
+                net.set_weights(self.selection.best_weights[name])
+            picture = f"selected_step_{self.selection.best['step']:07d}.png"
+        final_sample = self.save_samples(picture)
+        self.writer.flush()
+        vdir = self.files.work / "version"
+        (vdir / "samples").mkdir(parents=True, exist_ok=True)
+        for name, net in self.cg.networks.items():
+            copy = float32_copy(net, self.cfg.model)
+            copy.save_weights(vdir / f"{name}.weights.h5")
+            if name.startswith("generator"):
+                copy.save(vdir / f"{name}.keras")
+        metrics = self.version_metrics()
+        config = {
+            "model": asdict(self.cfg.model), "loss": asdict(self.cfg.loss),
+            "train": self.cfg.to_dict(), "precision": self.precision, "run_id": self.run_id,
+        }  # fmt: skip
+        (vdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (vdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (vdir / "history.jsonl").write_bytes(self.files.history.read_bytes())
+        (vdir / "samples" / "final.png").write_bytes(final_sample.read_bytes())
+        curve = (self.files.work / "loss_curve.png").read_bytes()
+        (vdir / "samples" / "loss_curve.png").write_bytes(curve)
+        version = registry.new_version_id()
+        version_uri = registry.write_version(
+            self.cfg.model_store, version, vdir, run_id=self.run_id
+        )
+        if self.cfg.promote:
+            registry.promote(self.cfg.model_store, version, reason=f"trained by run {self.run_id}")
+        return self.finished(version, version_uri, metrics)
+
+    def version_metrics(self) -> dict[str, Any]:
+        losses = [r for r in self.history if "g_loss" in r]
+        last = losses[-1] if losses else {}
+        return {
+            "final_losses": {k: last.get(k) for k in (*LOSS_CURVES, "d_a_loss", "d_b_loss")},
+            "steps": self.step,
+            "selected": self.selection.summary(),
+            "epochs": self.cfg.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "images_per_sec": self.throughput(),
+            "data": {
+                d: {"train": len(dd.train), "held_out": len(dd.test), "skipped": dd.skipped}
+                for d, dd in self.data.items()
+            },
+            "snapshot": {d: dd.snapshot for d, dd in self.data.items()},
+        }
+
+    def finished(self, version: str, version_uri: str, metrics: dict) -> dict[str, Any]:
+        planned = self.cfg.epochs * self.steps_per_epoch
+        return {
+            "run_id": self.run_id,
+            "status": "finished",
+            "version": version,
+            "version_uri": version_uri,
+            "promoted": self.cfg.promote,
+            "steps": self.step,
+            "selected": metrics["selected"],
+            "stopped_by_time_budget": bool(self.cfg.max_minutes) and self.step < planned,
+            "resumed_from": self.resumed_from,
+            "precision": self.precision,
+            "images_per_sec": round(self.throughput(), 3),
+            "final_losses": metrics["final_losses"],
+            "skipped": {d: len(dd.skipped) for d, dd in self.data.items()},
+            "samples": storage.join(version_uri, "samples", "final.png"),
+            "loss_curve": storage.join(version_uri, "samples", "loss_curve.png"),
+            "wall_seconds": round(time.time() - self.t_start, 1),
+        }
+
+
 def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
-    """Run (or resume) one training job; returns the JSON-able summary.
+    """Run (or resume) one training job; returns the JSON-able summary (see `Trainer`).
 
     `strategy` defaults to MirroredStrategy over all GPUs when there are several.
     """
-    t_start = time.time()
-    run_id = cfg.run_id or new_run_id()
-    cfg = dataclasses.replace(cfg, run_id=run_id)
-    run_remote = registry.runs_uri(cfg.model_store, run_id)
-    result_uri = storage.join(run_remote, "result.json")
-    if storage.exists(result_uri):  # a finished run: rerunning it is a no-op, not a new version
-        summary = storage.read_json(result_uri)
-        log.info(f"run {run_id} already finished as version {summary['version']}; nothing to do")
-        return summary
-
-    precision = resolve_precision(cfg.precision)
-    set_determinism(cfg.seed, cfg.deterministic)
-    work = Path(cfg.work_dir or tempfile.mkdtemp(prefix=f"cyclegan-{run_id}-"))
-    files = RunFiles(work, run_remote)
-
-    # 1. Data: both domains decoded once into uint8 arrays, held-out images kept apart.
-    size = cfg.model.image_size
-    storage.ensure_pool(LOAD_THREADS + storage.MAX_WORKERS)  # loading, then mirroring
-    data = {}
-    for d, uri in (("a", cfg.domain_a), ("b", cfg.domain_b)):
-        log.info("loading domain %s from %s at %dpx", d, uri, size)
-        data[d] = datasets.load_domain(
-            uri, size, domain=d, holdout=cfg.holdout, limit=cfg.limit, workers=LOAD_THREADS
-        )
-    for d, dd in data.items():
-        log.info(
-            f"domain {d}: {len(dd.train)} train, {len(dd.test)} held out, {len(dd.skipped)} skipped"
-        )
-
-    _check_resume_compatible(storage.join(run_remote, "run.json"), cfg)
-
-    # 2. Model, optimizers and the checkpoint (the step counter drives epochs and the LR).
-    strategy = strategy or distribution_strategy()
-    replicas = strategy.num_replicas_in_sync
-    global_batch = cfg.batch_size * replicas
-    smallest = min(len(dd.train) for dd in data.values())
-    if smallest < global_batch:
-        raise TrainingError(f"only {smallest} training images for a batch of {global_batch}")
-    steps_per_epoch = cfg.steps_per_epoch or smallest // global_batch
-    total_steps = cfg.epochs * steps_per_epoch
-    # The share of the time budget used so far: drives the LR decay of time-budgeted runs.
-    progress = (
-        tf.Variable(0.0, trainable=False, name="budget_progress") if cfg.max_minutes else None
-    )
-    log.info("building the %s model (%s) and its optimizers", cfg.model.preset, precision)
-    with strategy.scope():
-        cg = CycleGAN(cfg.model, cfg.loss, precision=precision, seed=cfg.seed)
-        cg.compile(
-            make_optimizer(cfg.loss, total_steps, precision, "g_optimizer", progress),
-            make_optimizer(cfg.loss, total_steps, precision, "d_optimizer", progress),
-        )
-        # Create optimizer slots now so a restore fills them instead of deferring.
-        cg.g_optimizer.build(cg.gen_ab.trainable_variables + cg.gen_ba.trainable_variables)
-        cg.d_optimizer.build(cg.disc_a.trainable_variables + cg.disc_b.trainable_variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    extra = {f"pool_{d}": p for d, p in (cg.pools or {}).items()}
-    ckpt = tf.train.Checkpoint(
-        **cg.networks,
-        g_optimizer=cg.g_optimizer,
-        d_optimizer=cg.d_optimizer,
-        step=step_var,
-        **extra,
-    )
-    files.fetch()  # before the manager, which reads the checkpoint index when it is created
-    manager = tf.train.CheckpointManager(ckpt, str(files.ckpt_dir), max_to_keep=2)
-    resumed_from = 0
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed_from = int(step_var.numpy())
-        log.info(f"resumed run {run_id} at step {resumed_from} from {manager.latest_checkpoint}")
-    history = read_history(files.history, resumed_from)
-    files.history.write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    # 3. The compiled step (strategy.run is a plain call under the default strategy).
-    @tf.function
-    def train_step(batch):  # noqa: ANN001
-        per_replica = strategy.run(cg.train_step, args=(batch,))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
-
-    def epoch_batches(epoch: int, skip: int):
-        # Deterministic per (seed, epoch): resuming mid-epoch skips what was already seen.
-        streams = [
-            datasets.training_dataset(
-                data[d].train,
-                batch_size=global_batch,
-                seed=cfg.seed + offset,
-                epoch=epoch,
-                jitter=cfg.jitter,
-                shuffle_buffer=cfg.shuffle_buffer,
-            ).repeat()
-            for d, offset in (("a", 0), ("b", 7919))
-        ]
-        ds = tf.data.Dataset.zip(tuple(streams)).skip(skip).take(steps_per_epoch - skip)
-        return strategy.experimental_distribute_dataset(ds) if replicas > 1 else ds
-
-    preview = {d: (dd.test if len(dd.test) else dd.train)[:1] for d, dd in data.items()}
-    writer = tf.summary.create_file_writer(str(files.tensorboard))
-
-    def save_samples(step: int) -> None:
-        grid = sample_figure(cg, preview["a"], preview["b"])
-        files.push(_write_png(files.samples / f"step_{step:07d}.png", grid))
-        files.push(_write_png(work / "loss_curve.png", loss_curve(history)))
-        with writer.as_default(step=step):
-            tf.summary.image("samples", grid[None], max_outputs=1)
-
-    # 4. Train. Every step's losses are checked: a diverged model must not become a version.
-    step = resumed_from
-    stop_at = total_steps if cfg.stop_after is None else min(total_steps, step + cfg.stop_after)
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    log.info(
-        f"run {run_id}: {cfg.model.preset} preset at {size}px on {device}, {precision}, "
-        f"{replicas} replica(s), {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
-        f"batch {global_batch}; compiling the training step"
-    )
-    t_loop, images_done, last_log = time.time(), 0, (time.time(), 0)
-    while step < stop_at:
-        epoch = step // steps_per_epoch
-        for batch in epoch_batches(epoch, step % steps_per_epoch):
-            logs = {k: float(v) for k, v in train_step(batch).items()}
-            step += 1
-            images_done += 2 * global_batch  # one image of each domain per batch element
-            step_var.assign(step)
-            bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
-            if bad:
-                losses_text = ", ".join(f"{k}={v}" for k, v in bad.items())
-                raise TrainingError(
-                    f"non-finite loss at step {step} ({losses_text}); "
-                    "no version written - lower the learning rate or check the data"
-                )
-            if step % cfg.log_every == 0 or step == stop_at:
-                row = {k: float(t.result()) for k, t in cg.trackers.items()}
-                for t in cg.trackers.values():
-                    t.reset_state()
-                now = time.time()
-                rate = 2 * global_batch * (step - last_log[1]) / max(now - last_log[0], 1e-9)
-                last_log = (now, step)
-                row.update(step=step, epoch=epoch + 1, images_per_sec=rate, time=now)
-                history.append(row)
-                with files.history.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                with writer.as_default(step=step):
-                    for k in LOSS_CURVES:
-                        tf.summary.scalar(k, row[k])
-                eta = (stop_at - step) * 2 * global_batch / max(rate, 1e-9)
-                if cfg.max_minutes:  # the time budget may end the run first
-                    eta = min(eta, max(0.0, 60 * cfg.max_minutes - (now - t_loop)))
-                log.info(
-                    f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total_steps} "
-                    f"d={row['d_loss']:.3f} g={row['g_loss']:.3f} cycle={row['cycle_loss']:.4f} "
-                    f"| {rate:.1f} img/s | eta {eta:.0f}s"
-                )
-            if step % cfg.sample_every == 0:
-                save_samples(step)
-            if progress is not None:
-                progress.assign((time.time() - t_loop) / (60 * cfg.max_minutes))
-            out_of_time = bool(cfg.max_minutes) and time.time() - t_loop > 60 * cfg.max_minutes
-            if out_of_time:  # the time budget ends training here: this step is the last
-                stop_at = total_steps = step
-            if step % cfg.checkpoint_every == 0 or step == stop_at:
-                writer.flush()
-                files.push_checkpoint(manager.save(checkpoint_number=step))
-            if step >= stop_at:
-                break
-
-    loop_seconds = time.time() - t_loop
-    throughput = images_done / loop_seconds if images_done else 0.0
-    if step < total_steps:  # stopped early on purpose (stop_after): resumable, no version yet
-        summary = {
-            "run_id": run_id,
-            "status": "stopped",
-            "step": step,
-            "total_steps": total_steps,
-            "resumed_from": resumed_from,
-            "checkpoints": storage.join(run_remote, "checkpoints"),
-            "images_per_sec": throughput,
-        }
-        log.info(f"stopped at step {step}/{total_steps}; rerun with --run-id {run_id} to continue")
-        return summary
-
-    # 5. The new version: float32 generators (.keras), the four weight files, config, metrics.
-    save_samples(step)
-    writer.flush()
-    version = registry.new_version_id()
-    vdir = work / "version"
-    (vdir / "samples").mkdir(parents=True, exist_ok=True)
-    for name, net in cg.networks.items():
-        copy = float32_copy(net, cfg.model)
-        copy.save_weights(vdir / f"{name}.weights.h5")
-        if name.startswith("generator"):
-            copy.save(vdir / f"{name}.keras")
-    last = history[-1] if history else {}
-    metrics = {
-        "final_losses": {k: last.get(k) for k in (*LOSS_CURVES, "d_a_loss", "d_b_loss")},
-        "steps": step,
-        "epochs": cfg.epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "images_per_sec": throughput,
-        "data": {
-            d: {"train": len(dd.train), "held_out": len(dd.test), "skipped": dd.skipped}
-            for d, dd in data.items()
-        },
-        "snapshot": {d: dd.snapshot for d, dd in data.items()},
-    }
-    config = {
-        "model": asdict(cfg.model),
-        "loss": asdict(cfg.loss),
-        "train": cfg.to_dict(),
-        "precision": precision,
-        "run_id": run_id,
-    }
-    (vdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (vdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (vdir / "history.jsonl").write_bytes(files.history.read_bytes())
-    last_sample = sorted(files.samples.glob("step_*.png"))[-1]
-    (vdir / "samples" / "final.png").write_bytes(last_sample.read_bytes())
-    (vdir / "samples" / "loss_curve.png").write_bytes((work / "loss_curve.png").read_bytes())
-    version_uri = registry.write_version(cfg.model_store, version, vdir, run_id=run_id)
-    if cfg.promote:
-        registry.promote(cfg.model_store, version, reason=f"trained by run {run_id}")
-
-    summary = {
-        "run_id": run_id,
-        "status": "finished",
-        "version": version,
-        "version_uri": version_uri,
-        "promoted": cfg.promote,
-        "steps": step,
-        "stopped_by_time_budget": bool(cfg.max_minutes) and step < cfg.epochs * steps_per_epoch,
-        "resumed_from": resumed_from,
-        "precision": precision,
-        "images_per_sec": round(throughput, 3),
-        "final_losses": metrics["final_losses"],
-        "skipped": {d: len(dd.skipped) for d, dd in data.items()},
-        "samples": storage.join(version_uri, "samples", "final.png"),
-        "loss_curve": storage.join(version_uri, "samples", "loss_curve.png"),
-        "wall_seconds": round(time.time() - t_start, 1),
-    }
-    storage.write_json(result_uri, summary)
-    log.info(f"wrote version {version} to {version_uri}")
-    return summary
+    return Trainer(cfg, strategy).run()

@@ -12,7 +12,9 @@ continues from the run's checkpoint mirrored to `<model store>/runs/<run>/`) -> 
 `promote` (only when the gate passed and `promote` is `gate`; updates the model Asset) ->
 `summary` (`<model store>/runs/<run>/retrain.json`: what happened and why). The heavy
 steps (`train`, `evaluate`, `gate`) run in pool `cyclegan_gpu` and queue `gpu`, each after a
-`*_command` task that renders its `cyclegan-jobs` command line.
+`*_command` task that renders its `cyclegan-jobs` command line. With model selection on
+(`select_every`; the tiny and paper presets' default) the version `train` writes holds the
+best-scoring weights on held-out images, not the last step's, and `gate` judges those.
 
 **Reading a run**: `promote` green: a new version is live. `promote` skipped: the gate refused
 the candidate, or `promote` is `never`, or there was too little new data (then `train` is
@@ -56,6 +58,7 @@ from cyclegan_jobs.config import (
     PRECISIONS,
     PRESET_HELP,
     PRESET_IMAGE_SIZE,
+    PRESET_SELECT_EVERY,
     PRESETS,
 )
 
@@ -104,6 +107,17 @@ PARAMS = {
         title="Learning rate",
         description="Adam's learning rate, above 0 and at most 0.1, e.g. 0.0002. Empty: the "
         "preset's (seed 0.0001, paper 0.0002, tiny 0.001).",
+    ),
+    "select_every": number_param(
+        None,
+        minimum=0,
+        maximum=1_000_000,
+        title="Model selection every (steps)",
+        description="Score the generators on held-out images every N steps and at the last, "
+        "and make the version from the best-scoring weights (the gate then judges those); 0: "
+        "off, the last step's weights. Empty: the preset's ("
+        + ", ".join(f"{name} {every or 'off'}" for name, every in PRESET_SELECT_EVERY.items())
+        + ").",
     ),
     "image_size": Param(
         SETTINGS.train_image_size or PRESET_IMAGE_SIZE[SETTINGS.train_preset],
@@ -189,6 +203,9 @@ def _summary_block(result: dict, uri: str) -> str:
         ("new data", f"{found['new']} of {found['total']} images new since {since}"),
         ("version", result["version"] or "-"),
     ]
+    if result.get("selected"):
+        picked = result["selected"]
+        rows.append(("selected", f"step {picked['step']} of {result['steps']} (model selection)"))
     if gate:
         psnr, swd = metrics.get("cycle_psnr"), metrics.get("swd_mean")
         rows.append(("gate", "passed" if gate["passed"] else "refused"))
@@ -246,6 +263,7 @@ def cyclegan_retrain():
             batch_size=params["batch_size"],
             learning_rate=params["learning_rate"],
             precision=params["precision"],
+            select_every=params["select_every"],
             # The same run id on a retry: training resumes from the mirrored checkpoint.
             run_id=f"retrain-{safe_run_id(run_id)}",
         )
@@ -301,6 +319,8 @@ def cyclegan_retrain():
             "outcome": outcome,
             "new_data": found,
             "version": trained and trained["version"],
+            "steps": trained and trained["steps"],
+            "selected": trained and trained.get("selected"),
             "gate": decision,
             "promoted": promoted,
         }

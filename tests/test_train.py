@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
-from cyclegan_jobs import losses, registry, storage
+from cyclegan_jobs import hooks, losses, registry, storage
 from cyclegan_jobs.config import TrainConfig, preset
 from cyclegan_jobs.datasets import DataError
 from cyclegan_jobs.inference import load_generators
 from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import write_npy, write_sample_domains
-from cyclegan_jobs.train import TrainingError, train
+from cyclegan_jobs.train import Trainer, TrainingError, train
 
 SIZE = 32
 
@@ -194,7 +194,7 @@ from cyclegan_jobs.train import train
 model_cfg, loss_cfg = preset("tiny", 32)
 cfg = TrainConfig(
     domain_a=sys.argv[1], domain_b=sys.argv[2], model_store=sys.argv[3], model=model_cfg,
-    loss=loss_cfg, precision="float32", epochs=1, steps_per_epoch=3, log_every=1,
+    loss=loss_cfg, precision="float32", epochs=1, steps_per_epoch=3, log_every=1, select_every=2,
 )
 print(json.dumps(train(cfg, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))))
 """
@@ -216,6 +216,7 @@ def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:  # noqa: 
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["steps"] == 3
     assert "2 replica(s)" in proc.stderr and "batch 2" in proc.stderr
+    assert summary["selected"]["step"] in (2, 3)  # model selection scores mirrored weights too
     assert np.isfinite(summary["final_losses"]["g_loss"])
 
 
@@ -236,3 +237,104 @@ def test_time_budget_finishes_early_with_a_version(sample, tmp_path, caplog) -> 
     assert summary["status"] == "finished" and summary["stopped_by_time_budget"] is True
     assert 1 <= summary["steps"] < 500
     assert registry.list_versions(str(tmp_path / "store"))[0]["version"] == summary["version"]
+
+
+# --- model selection -------------------------------------------------------------------------
+
+SABOTAGE_AT, SELECT_EVERY = 8, 4
+
+
+class _Sabotage(hooks.Hook):
+    """From step SABOTAGE_AT on, a learning rate 50x too high: every later step is worse."""
+
+    def after_step(self, t, logs) -> None:  # noqa: ANN001
+        if t.step >= SABOTAGE_AT:
+            t.cg.g_optimizer.learning_rate = 0.05
+            t.cg.d_optimizer.learning_rate = 0.05
+
+
+def _selection_cfg(sample: dict, store: str, run_id: str, **changes) -> TrainConfig:
+    return _cfg(
+        sample, store, epochs=2, steps_per_epoch=12, select_every=SELECT_EVERY, log_every=4,
+        deterministic=True, run_id=run_id, **changes,
+    )  # fmt: skip
+
+
+def _selection_rows(vuri: str) -> list[dict]:
+    lines = storage.read_bytes(storage.join(vuri, "history.jsonl")).decode().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "selection"]
+
+
+@pytest.fixture(scope="module")
+def selected(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """24 steps, sabotaged from step 8, scored every 4: the reference for the selection tests."""
+    store = str(tmp_path_factory.mktemp("store_selected"))
+    summary = Trainer(_selection_cfg(sample, store, "sel"), extra_hooks=(_Sabotage(),)).run()
+    return {"store": store, "summary": summary}
+
+
+def test_selection_exports_the_earlier_better_weights(selected, sample, tmp_path) -> None:  # noqa: ANN001
+    from cyclegan_jobs.datasets import load_domain
+    from cyclegan_jobs.evaluate import selection_metrics
+    from cyclegan_jobs.inference import Generators
+
+    summary, vuri = selected["summary"], selected["summary"]["version_uri"]
+    assert summary["steps"] == 24
+    rows = _selection_rows(vuri)
+    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24]
+    # The sabotage made every later score worse, and the version is an earlier step's.
+    best_step = summary["selected"]["step"]
+    assert best_step <= SABOTAGE_AT
+    floor = summary["selected"]["cycle_psnr_floor"]
+    keys = {r["step"]: hooks.selection_key(r, floor) for r in rows}
+    assert keys[best_step] == min(keys.values())
+    assert all(keys[s] > keys[best_step] for s in keys if s > SABOTAGE_AT)
+    metrics = registry.get_version(selected["store"], summary["version"])["metrics"]
+    assert metrics["selected"] == summary["selected"] and metrics["steps"] == 24
+    # The recorded score is the exported model's: score the version again, on the same images.
+    model_cfg = preset("tiny", SIZE)[0]
+    gens = Generators.load(vuri, model_cfg, precision="float32")
+    held = hooks.held_out_for_selection(
+        {d: load_domain(sample[f"domain_{d}"], SIZE, domain=d) for d in "ab"}
+    )
+    again = selection_metrics(gens, held["a"], held["b"])
+    assert again["swd_mean"] == pytest.approx(summary["selected"]["swd_mean"], rel=1e-4)
+    assert again["cycle_psnr"] == pytest.approx(summary["selected"]["cycle_psnr"], abs=1e-3)
+    # ... and not the last step's: the last checkpoint holds other weights.
+    (tmp_path / "v").mkdir()
+    exported = _weights(vuri, tmp_path / "v")
+    storage.download_dir(
+        registry.runs_uri(selected["store"], "sel") + "/checkpoints", tmp_path / "c"
+    )
+    last = tf.train.load_checkpoint(str(tmp_path / "c"))
+    in_ckpt = [
+        last.get_tensor(n)
+        for n in last.get_variable_to_shape_map()
+        if n.startswith("generator_BA/")
+    ]
+    ours = [w for k, w in exported.items() if k.startswith("generator_BA/")]
+    same = [any(a.shape == w.shape and np.array_equal(a, w) for w in ours) for a in in_ckpt]
+    assert len(in_ckpt) > 20 and sum(same) < len(in_ckpt) / 2, (sum(same), len(in_ckpt))
+
+
+def test_resume_keeps_the_best_so_far(selected, sample, tmp_path) -> None:  # noqa: ANN001
+    store = str(tmp_path / "store")
+    cfg = _selection_cfg(sample, store, "sel2")
+    sabotage = (_Sabotage(),)
+    first = Trainer(
+        dataclasses.replace(cfg, stop_after=14, work_dir=str(tmp_path / "m1")), extra_hooks=sabotage
+    ).run()
+    assert first["status"] == "stopped" and first["step"] == 14
+    best_json = json.loads(storage.read_bytes(registry.runs_uri(store, "sel2") + "/best/best.json"))
+    assert best_json["step"] == selected["summary"]["selected"]["step"]
+    # A fresh machine: the best-so-far comes back from the mirror with the checkpoint.
+    second = Trainer(
+        dataclasses.replace(cfg, work_dir=str(tmp_path / "m2")), extra_hooks=sabotage
+    ).run()
+    assert second["resumed_from"] == 14
+    assert second["selected"] == selected["summary"]["selected"]
+    (tmp_path / "ref").mkdir(), (tmp_path / "got").mkdir()
+    ref_w = _weights(selected["summary"]["version_uri"], tmp_path / "ref")
+    got_w = _weights(second["version_uri"], tmp_path / "got")
+    worst = max(float(np.max(np.abs(ref_w[k] - got_w[k]))) for k in ref_w)
+    assert worst <= 1e-5, f"the resumed run exported other weights (up to {worst} apart)"
