@@ -15,6 +15,9 @@ $(STAMP): requirements.txt requirements-job.txt requirements-airflow.txt require
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(BIN)/python -m pip check
+# Matplotlib's font cache, built now: built on first use it logs a WARNING (after 5 s), which
+# would show in the training task's log (cyclegan_jobs/plots.py also keeps it at DEBUG).
+	$(BIN)/python -c "import matplotlib.font_manager"
 	touch $@
 
 # The local default, end to end through Airflow: a local S3 server (SeaweedFS, data in var/s3),

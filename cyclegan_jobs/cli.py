@@ -9,7 +9,15 @@ import os
 import sys
 from typing import Any
 
-from .config import DIRECTIONS, FORMATS, PRECISIONS, PRESETS, SCOPES
+from .config import (
+    DIRECTIONS,
+    FORMATS,
+    PRECISIONS,
+    PRESETS,
+    SCOPES,
+    UPSAMPLING,
+    UPSAMPLING_HELP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +46,38 @@ def _positive(text: str) -> int:
     return value
 
 
+_UPSAMPLE_HELP = (
+    "the generators' upsampling. "
+    + "; ".join(f"{name}: {text}" for name, text in UPSAMPLING_HELP.items())
+    + " (default: the preset's)"
+).replace("%", "%%")  # argparse formats help with %
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cyclegan-jobs", description="Train and run CycleGAN image translation as batch jobs."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _models_parser(sub)
+    _translate_parser(sub)
+    _evaluate_parser(sub)
+    _gate_parser(sub)
+    _plan_parser(sub)
+    _merge_parser(sub)
+    _new_data_parser(sub)
+    _sample_data_parser(sub)
+    return parser
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train (or resume) a CycleGAN and store a new model version")
     t.add_argument("--domain-a", required=True, help="paintings: folder, s3://prefix, .npy, tfds:")
     t.add_argument("--domain-b", required=True, help="photos: folder, s3://prefix, .npy, tfds:")
@@ -68,8 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--deterministic", action="store_true", help="deterministic TF ops (slower)")
     t.add_argument("--promote", action="store_true", help="promote the new version right away")
+    t.add_argument(
+        "--select-every",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="score the generators on the held-out images every N steps and export the best "
+        "weights; 0: off, export the last (default: the preset's)",
+    )
+    t.add_argument("--upsample", default=None, choices=UPSAMPLING, help=_UPSAMPLE_HELP)
     _add_storage_args(t)
 
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list, show, promote or roll back model versions")
     m.add_argument("action", choices=["list", "show", "promote", "rollback"])
     m.add_argument("version", nargs="?", help="for show and promote")
@@ -77,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reason", default="", help="recorded in the promotion history")
     _add_storage_args(m)
 
+
+def _translate_parser(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("translate", help="translate every image under a prefix (batch job)")
     x.add_argument("--input", required=True, help="s3://bucket/prefix/ or folder of images")
     x.add_argument("--output", required=True, help="s3://bucket/prefix/ or folder for results")
@@ -109,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--work-dir", default=None)
     _add_storage_args(x)
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="metrics of a model version on held-out images")
     e.add_argument("--model", required=True, help="a version URI: <store>/versions/<version>")
     e.add_argument("--domain-a", required=True)
@@ -124,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--write", action="store_true", help="store <version>/evaluation.json")
     _add_storage_args(e)
 
+
+def _gate_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gate", help="may this candidate replace the promoted version?")
     g.add_argument("--candidate", required=True, help="a version URI")
     g.add_argument("--model-store", required=True)
@@ -137,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exit-zero", action="store_true", help="exit 0 when refused (report only)")
     _add_storage_args(g)
 
+
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("plan", help="cut what a translate run would do into shard files")
     pl.add_argument("--input", required=True)
     pl.add_argument("--output", required=True)
@@ -148,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--run-id", default=None)
     _add_storage_args(pl)
 
+
+def _merge_parser(sub: argparse._SubParsersAction) -> None:
     mg = sub.add_parser("merge", help="merge a planned run's shard manifests into its summary")
     mg.add_argument("--output", required=True)
     mg.add_argument("--run-id", required=True)
@@ -155,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--max-failure-rate", type=float, default=0.1)
     _add_storage_args(mg)
 
+
+def _new_data_parser(sub: argparse._SubParsersAction) -> None:
     nd = sub.add_parser("new-data", help="count source images new since the promoted version")
     nd.add_argument("--domain-b", required=True)
     nd.add_argument("--model-store", required=True)
     _add_storage_args(nd)
 
+
+def _sample_data_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample-data", help="write the deterministic sample domains A and B")
     s.add_argument("--out", required=True, help="folder or s3:// prefix")
     s.add_argument("--n-a", type=_positive, default=64)
@@ -167,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_positive, default=64)
     s.add_argument("--seed", type=int, default=0)
     _add_storage_args(s)
-    return parser
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -257,13 +315,19 @@ def _new_data(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     import dataclasses
 
-    from .config import TrainConfig, preset
+    from .config import PRESET_SELECT_EVERY, TrainConfig, preset
     from .train import train
 
+    # Flags left out (None) mean the preset's choice.
     model_cfg, loss_cfg = preset(args.preset, args.image_size)
+    if args.upsample is not None:
+        model_cfg = dataclasses.replace(model_cfg, upsample=args.upsample)
     if args.learning_rate is not None:
         loss_cfg = dataclasses.replace(loss_cfg, learning_rate=args.learning_rate)
-    cfg = _config(TrainConfig, args, model=model_cfg, loss=loss_cfg)
+    select_every = args.select_every
+    if select_every is None:
+        select_every = PRESET_SELECT_EVERY[args.preset]
+    cfg = _config(TrainConfig, args, model=model_cfg, loss=loss_cfg, select_every=select_every)
     return train(cfg)
 
 

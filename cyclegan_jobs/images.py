@@ -1,9 +1,11 @@
-"""Pixels in and out: decode any image into RGB, resize, scale, encode, draw grids and charts."""
+"""Pixels in and out: decode any image into RGB, resize, scale, encode, draw picture grids.
+
+Charts (loss curves) are drawn with matplotlib in plots.py.
+"""
 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,19 +20,6 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
 WHITE = (255, 255, 255)
-# Matplotlib's "tab10" colours, so charts look familiar to people used to the seed's plots.
-PALETTE = (
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-)
 
 
 class ImageDecodeError(ValueError):
@@ -314,147 +303,3 @@ def sample_grid(
         x = left + c * (cell + gap) + (cell - text_w) // 2
         draw.text((x, gap), title, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
-
-
-def _format_tick(value: float, integral: bool = False) -> str:
-    if integral:
-        return str(round(value))
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e5 or abs(value) < 1e-3:
-        return f"{value:.2e}"
-    return f"{value:.4g}"
-
-
-def line_chart(
-    series: dict[str, list[tuple[float, float]]],
-    *,
-    title: str,
-    width: int = 800,
-    height: int = 450,
-    log_y: bool = False,
-) -> np.ndarray:
-    """A loss-curve chart (uint8 H x W x 3): axes, ticks with min/max labels, one line per series.
-
-    Points are (x, y), e.g. (step, loss). Non-finite values, and values <= 0 with `log_y`, are
-    left out, so a NaN loss shows as a gap instead of breaking the picture.
-    """
-    # PIL draws lines without antialiasing: draw at twice the size and shrink for smooth curves.
-    big = _draw_chart(series, title, width * 2, height * 2, log_y, unit=2)
-    return np.asarray(big.resize((width, height), Image.Resampling.LANCZOS))
-
-
-def _draw_chart(
-    series: dict[str, list[tuple[float, float]]],
-    title: str,
-    width: int,
-    height: int,
-    log_y: bool,
-    unit: int,
-) -> Image.Image:
-    canvas = Image.new("RGB", (width, height), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    title_font, font = _font(max(14 * unit, height // 26)), _font(max(11 * unit, height // 38))
-    black, grey = (0, 0, 0), (110, 110, 110)
-
-    def keep(x: float, y: float) -> bool:
-        return math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)
-
-    # Runs of usable points per series; a dropped point splits a line into segments.
-    segments: dict[str, list[list[tuple[float, float]]]] = {}
-    for name, points in series.items():
-        runs: list[list[tuple[float, float]]] = [[]]
-        for x, y in points:
-            if keep(float(x), float(y)):
-                runs[-1].append((float(x), math.log10(y) if log_y else float(y)))
-            elif runs[-1]:
-                runs.append([])
-        segments[name] = [run for run in runs if run]
-    xs = [x for runs in segments.values() for run in runs for x, _ in run]
-    ys = [y for runs in segments.values() for run in runs for _, y in run]
-
-    heading = f"{title} (log scale)" if log_y else title
-    title_w, title_h = _text_size(draw, heading, title_font)
-    draw.text(((width - title_w) // 2, 8 * unit), heading, fill=black, font=title_font)
-    if not xs:
-        text_w, text_h = _text_size(draw, "no data", font)
-        draw.text(((width - text_w) // 2, (height - text_h) // 2), "no data", grey, font)
-        return canvas
-
-    x_min, x_max = min(xs), max(xs)
-    y_min, y_max = min(ys), max(ys)
-    # A flat series or a single point still needs a non-empty range to map into pixels.
-    if x_max == x_min:
-        x_min, x_max = x_min - 0.5, x_max + 0.5
-    if y_max == y_min:
-        pad = 0.5 if log_y else max(abs(y_min) * 0.05, 1e-6)
-        y_min, y_max = y_min - pad, y_max + pad
-
-    n_ticks = 5
-    y_ticks = [y_min + (y_max - y_min) * i / (n_ticks - 1) for i in range(n_ticks)]
-    x_ticks = [x_min + (x_max - x_min) * i / (n_ticks - 1) for i in range(n_ticks)]
-    # Steps and epochs are whole numbers; "497.5" on a step axis reads as a bug.
-    integral_x = all(x.is_integer() for x in xs) and x_max - x_min >= 2 * (n_ticks - 1)
-    y_labels = [_format_tick(10**t if log_y else t) for t in y_ticks]
-    x_labels = [_format_tick(t, integral_x) for t in x_ticks]
-    label_h = _text_size(draw, "0", font)[1]
-
-    plot_left = 16 * unit + max(_text_size(draw, label, font)[0] for label in y_labels)
-    plot_top = 8 * unit + title_h + 16 * unit
-    plot_right = width - 12 * unit - _text_size(draw, x_labels[-1], font)[0] // 2
-    plot_bottom = height - 16 * unit - label_h
-    # Keep the extreme points a few pixels off the axes so they stay visible.
-    inset = 6 * unit
-    inner_w, inner_h = plot_right - plot_left - 2 * inset, plot_bottom - plot_top - 2 * inset
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (
-            plot_left + inset + (x - x_min) / (x_max - x_min) * inner_w,
-            plot_bottom - inset - (y - y_min) / (y_max - y_min) * inner_h,
-        )
-
-    # Grid lines and tick labels first, so the data lines are drawn over them.
-    tick = 5 * unit
-    for value, label in zip(y_ticks, y_labels, strict=True):
-        _, y = px(x_min, value)
-        draw.line([(plot_left, y), (plot_right, y)], fill=(225, 225, 225), width=unit)
-        draw.line([(plot_left - tick, y), (plot_left, y)], fill=black, width=unit)
-        text_w, _ = _text_size(draw, label, font)
-        draw.text((plot_left - tick - 3 * unit - text_w, y - label_h * 0.6), label, black, font)
-    for value, label in zip(x_ticks, x_labels, strict=True):
-        x, _ = px(value, y_min)
-        draw.line([(x, plot_top), (x, plot_bottom)], fill=(225, 225, 225), width=unit)
-        draw.line([(x, plot_bottom), (x, plot_bottom + tick)], fill=black, width=unit)
-        text_w, _ = _text_size(draw, label, font)
-        draw.text((x - text_w / 2, plot_bottom + tick + 2 * unit), label, black, font)
-    axes = [(plot_left, plot_top), (plot_left, plot_bottom), (plot_right, plot_bottom)]
-    draw.line(axes, fill=black, width=unit)
-
-    for i, runs in enumerate(segments.values()):
-        colour = PALETTE[i % len(PALETTE)]
-        for run in runs:
-            points = [px(x, y) for x, y in run]
-            if len(points) == 1:
-                x, y = points[0]
-                r = 3 * unit
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-            else:
-                draw.line(points, fill=colour, width=2 * unit, joint="curve")
-
-    # Legend: a framed box in the top-right corner of the plot area.
-    names = list(series)
-    if names:
-        swatch, pad = 20 * unit, 6 * unit
-        text_w = max(_text_size(draw, name, font)[0] for name in names)
-        row_h = label_h + 6 * unit
-        box_w, box_h = swatch + 3 * pad + text_w, len(names) * row_h + pad
-        x0, y0 = plot_right - box_w - pad, plot_top + pad
-        draw.rectangle(
-            [x0, y0, x0 + box_w, y0 + box_h], fill=WHITE, outline=(160, 160, 160), width=unit
-        )
-        for i, name in enumerate(names):
-            y = y0 + pad / 2 + i * row_h + row_h / 2
-            colour = PALETTE[i % len(PALETTE)]
-            draw.line([(x0 + pad, y), (x0 + pad + swatch, y)], fill=colour, width=3 * unit)
-            draw.text((x0 + 2 * pad + swatch, y - label_h * 0.6), name, black, font)
-    return canvas

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from cyclegan_jobs import registry
+from cyclegan_jobs import cli, registry, runtime
 from cyclegan_jobs.cli import main
+from cyclegan_jobs.config import PRESET_SELECT_EVERY, TrainConfig, preset
 
 
 def _last_json(capsys: pytest.CaptureFixture) -> object:
@@ -79,3 +83,67 @@ def test_sample_data_command(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert summary["n_a"] == 3 and summary["n_b"] == 2
     assert len(list(Path(summary["domain_a"]).iterdir())) == 3
     assert len(list(Path(summary["domain_b"]).iterdir())) == 2
+
+
+TRAIN = ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m"]
+
+
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """`train` commands run up to the job, which only records the TrainConfig it was given (a
+    stand-in cyclegan_jobs.train module: no TensorFlow, whatever state train.py is in)."""
+    configs: list[TrainConfig] = []
+    fake = types.ModuleType("cyclegan_jobs.train")
+    fake.train = lambda cfg: configs.append(cfg) or {"trained": cfg.run_id}
+    monkeypatch.setitem(sys.modules, "cyclegan_jobs.train", fake)
+    monkeypatch.setattr(runtime, "start_tensorflow", lambda: None)
+    return configs
+
+
+@pytest.mark.parametrize(
+    ("flags", "select_every", "upsample"),
+    [
+        ([], 0, "transpose"),  # the seed preset: the notebook, no model selection
+        (["--preset", "seed"], 0, "transpose"),
+        (["--preset", "tiny"], PRESET_SELECT_EVERY["tiny"], "transpose"),
+        (["--preset", "paper"], PRESET_SELECT_EVERY["paper"], "transpose"),
+        (["--preset", "seed", "--select-every", "50"], 50, "transpose"),
+        (["--preset", "tiny", "--select-every", "0"], 0, "transpose"),
+        (["--preset", "tiny", "--upsample", "resize"], PRESET_SELECT_EVERY["tiny"], "resize"),
+        (["--upsample", "transpose", "--select-every", "7"], 7, "transpose"),
+    ],
+)
+def test_train_flags_map_onto_the_training_config(
+    flags: list[str], select_every: int, upsample: str, trained: list[TrainConfig]
+) -> None:
+    code, result = cli.run([*TRAIN, *flags, "--run-id", "r1"], log_to_stderr=False)
+    assert (code, result) == (0, {"trained": "r1"})
+    (cfg,) = trained
+    assert cfg.select_every == select_every
+    assert cfg.model.upsample == upsample
+    # Everything else in the model is the preset's.
+    name = flags[flags.index("--preset") + 1] if "--preset" in flags else "seed"
+    assert cfg.model == dataclasses.replace(preset(name)[0], upsample=upsample)
+
+
+def test_the_presets_select_differently() -> None:
+    # Else the cases above could not tell the preset's default from a fixed one.
+    assert PRESET_SELECT_EVERY["seed"] == 0 and PRESET_SELECT_EVERY["tiny"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--select-every", "-1"], "must be >= 0"),
+        (["--select-every", "often"], "--select-every"),
+        (["--upsample", "bilinear"], "invalid choice"),
+    ],
+)
+def test_bad_train_flags_are_usage_errors(
+    flags: list[str], message: str, trained: list[TrainConfig], capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.run([*TRAIN, *flags], log_to_stderr=False)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert trained == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import struct
 import zlib
 
@@ -243,38 +242,6 @@ def test_sample_grid_layout_titles_and_cells() -> None:
     first_red_row = np.flatnonzero(np.all(titled == RED, axis=-1).any(axis=1))[0]
     assert (titled[:first_red_row].max(axis=-1) < 100).any()
     assert (plain[: np.flatnonzero(np.all(plain == RED, axis=-1).any(axis=1))[0]] == 255).all()
-
-
-def _has_colour(picture: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) -> int:
-    return int((np.abs(picture.astype(int) - colour).sum(axis=-1) < tolerance).sum())
-
-
-def test_line_chart_draws_each_series() -> None:
-    series = {
-        "generator": [(step, 5.0 * math.exp(-step / 50) + 1.0) for step in range(200)],
-        "disc": [(step, 0.7) for step in range(200)],
-    }
-    chart = images.line_chart(series, title="losses")
-    assert chart.shape == (450, 800, 3) and chart.dtype == np.uint8
-    first, second = images.PALETTE[0], images.PALETTE[1]
-    # The lines are long, so far more pixels than the legend swatches alone.
-    assert _has_colour(chart, first) > 500
-    assert _has_colour(chart, second) > 500
-    assert _has_colour(chart, images.PALETTE[2]) == 0
-    # Axes and labels are dark; most of the picture stays white.
-    assert (chart.max(axis=-1) < 60).sum() > 300
-    assert (chart == 255).all(axis=-1).mean() > 0.6
-
-
-def test_line_chart_log_scale_gaps_and_edge_cases() -> None:
-    series = {"loss": [(0, 1.0), (1, float("nan")), (2, 0.0), (3, 0.1), (4, 0.01)]}
-    chart = images.line_chart(series, title="log", width=300, height=200, log_y=True)
-    assert chart.shape == (200, 300, 3)
-    assert _has_colour(chart, images.PALETTE[0]) > 20
-    empty = images.line_chart({}, title="nothing yet", width=200, height=120)
-    assert empty.shape == (120, 200, 3) and _has_colour(empty, images.PALETTE[0]) == 0
-    single = images.line_chart({"x": [(5, 2.0)]}, title="one point", width=200, height=120)
-    assert _has_colour(single, images.PALETTE[0]) > 5
 
 
 @pytest.mark.parametrize("level", [1, 6])
