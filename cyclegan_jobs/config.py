@@ -55,6 +55,9 @@ class ModelConfig:
     res_blocks: int = 3
     disc_kernel: int = 3  # the seed's downsample() default, used by its discriminator
     upsample: Upsampling = "transpose"  # the generators' upsampling layers (UPSAMPLING_HELP)
+    # unet_res only: a full-resolution top level, the input image concatenated before the last
+    # conv (the seed's U-Net makes every output pixel from /2-resolution features).
+    input_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:

@@ -3,6 +3,9 @@
 Every builder is a plain function that returns a functional `keras.Model` made only of stock
 Keras layers (plus one registered padding layer for the paper preset), so saved generators load
 with `keras.saving.load_model(path, safe_mode=True)` and need no code of ours beyond an import.
+Both generators upsample x2 with the seed's stride-2 transposed convolutions or, with
+`ModelConfig.upsample = "resize"`, with resize-convolutions (up_conv), which leave no
+checkerboard texture.
 
 Deliberate deviation from the seed: the notebook creates its three residual blocks once at module
 level and calls them from `Generator()`, so its generator_AB and generator_BA *share* the
@@ -90,11 +93,76 @@ def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: 
     return x
 
 
-def upsample(x, filters: int, size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
-    """Conv2DTranspose stride 2 with ReLU (inside the conv), no bias, then BatchNorm."""
-    x = _strided_conv(layers.Conv2DTranspose, x, filters, size, f"{name}_convT", dtype)
+def upsample(
+    x,  # noqa: ANN001 - a keras tensor
+    filters: int,
+    size: int = 3,
+    *,
+    name: str,
+    dtype=None,  # noqa: ANN001
+    mode: str = "transpose",
+):
+    """Upsampling x2 (see up_conv) with ReLU (inside the conv), no bias, then BatchNorm."""
+    x = up_conv(x, filters, size, mode=mode, name=name, conv_name=f"{name}_convT", dtype=dtype)
     x = layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
     return FusedBatchNorm(name=f"{name}_bn", dtype=dtype)(x)
+
+
+# Resize-convolution (ModelConfig.upsample == "resize"): the interpolation and the kernel of the
+# stride-1 conv that replaces each stride-2 transposed conv (None: the transposed conv's size).
+# Measured with metrics.checkerboard_db (benchmarks/checkerboard.py; tiny preset, 64 px): with
+# nearest or bilinear, 3x3 or 4x4, no resize variant has texture (-2.8..+0.7 dB at init and
+# after 400-1200 training steps, the target paintings +0.1), where transposed convs score +6 at
+# init and +5..+11 trained. Nearest: bilinear generators came out blurred, 0.7-2.4 dB PSNR
+# further from the targets after 1200 steps (2 seeds; 0.7 on average after 400, 3 seeds).
+# Nearest's score is below 0 because it leaves a notch (less power at the period-2 frequencies
+# than around them), not a texture. 3x3: 4x4 after nearest left no stride pattern either but
+# measured no better, a 3x3 'same' conv is centred (an even one shifts by half a pixel against
+# the U-Net skips), and at the doubled resolution it costs 2.25x the transposed conv's
+# multiply-adds, not 4x. Stored versions are rebuilt from their config with their weights
+# copied in (inference.Generators): a new kernel would break resize-mode versions, a new
+# interpolation would silently change their outputs.
+RESIZE_INTERPOLATION = "nearest"
+RESIZE_KERNEL: int | None = 3
+
+
+def up_conv(
+    x,  # noqa: ANN001 - a keras tensor
+    filters: int,
+    size: int,
+    *,
+    mode: str,
+    name: str,
+    conv_name: str | None = None,
+    use_bias: bool = False,
+    dtype=None,  # noqa: ANN001
+):
+    """A x2 upsampling convolution: N(0, 0.02) init, 'same' padding, no activation.
+
+    mode "transpose": one stride-2 Conv2DTranspose named `conv_name` (default `name`), the
+    seed's. mode "resize": UpSampling2D x2 (`{name}_resize`, RESIZE_INTERPOLATION) then a
+    stride-1 Conv2D (`{name}_conv`) with the same filters, bias and initializer, and kernel
+    RESIZE_KERNEL (or `size`): no uneven kernel overlap, hence no checkerboard (Odena et al.).
+    """
+    if mode == "resize":
+        x = layers.UpSampling2D(
+            2, interpolation=RESIZE_INTERPOLATION, name=f"{name}_resize", dtype=dtype
+        )(x)
+        conv, strides, size, conv_name = layers.Conv2D, 1, RESIZE_KERNEL or size, f"{name}_conv"
+    elif mode == "transpose":
+        conv, strides, conv_name = layers.Conv2DTranspose, 2, conv_name or name
+    else:
+        raise ValueError(f"unknown upsampling mode {mode!r}; choose 'transpose' or 'resize'")
+    return conv(
+        filters,
+        size,
+        strides=strides,
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer=_init(),
+        name=conv_name,
+        dtype=dtype,
+    )(x)
 
 
 def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
@@ -126,14 +194,27 @@ def build_generator(cfg: ModelConfig, *, name: str = "generator", dtype=None) ->
     for i in range(cfg.res_blocks):
         x = residual_block(x, f * 8, name=f"res{i}", dtype=dtype)
     for i, (filters, skip) in enumerate(zip([f * 4, f * 2, f], reversed(skips[:-1]), strict=True)):
-        x = upsample(x, filters, 4, name=f"up{i}", dtype=dtype)
+        x = upsample(x, filters, 4, name=f"up{i}", dtype=dtype, mode=cfg.upsample)
         x = layers.Concatenate(name=f"skip{i}", dtype=dtype)([x, skip])
-    x = layers.Conv2DTranspose(
-        3, 4, strides=2, padding="same", kernel_initializer=_init(), name="last", dtype=dtype
-    )(x)
+    if cfg.input_skip:
+        x = _full_resolution_head(x, inputs, f, cfg.upsample, dtype)
+    else:
+        x = up_conv(x, 3, 4, mode=cfg.upsample, name="last", use_bias=True, dtype=dtype)
     # tanh in float32: the image leaves the network at full precision whatever the policy.
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):  # noqa: ANN001, ANN202
+    """ModelConfig.input_skip: the U-Net's missing top level. Features come up to full size
+    (`up3`: up_conv, ReLU), the input image joins them (`skip_input`), and a 3x3 conv (`last`)
+    makes the output, so each output pixel sees its own input pixel instead of a /2 summary."""
+    x = up_conv(x, filters, 4, mode=mode, name="up3", conv_name="up3_convT", dtype=dtype)
+    x = layers.ReLU(name="up3_relu", dtype=dtype)(x)
+    x = layers.Concatenate(name="skip_input", dtype=dtype)([x, inputs])
+    return layers.Conv2D(
+        3, 3, padding="same", kernel_initializer=_init(), name="last", dtype=dtype
+    )(x)
 
 
 def build_discriminator(
@@ -184,19 +265,24 @@ def _instance_norm(name: str, dtype=None) -> layers.Layer:  # noqa: ANN001
     )
 
 
-def _conv_norm_relu(x, filters, k, stride, *, name, dtype, transpose=False, pad=0):  # noqa: ANN001
+def _conv_norm_relu(x, filters, k, stride, *, name, dtype, up=None, pad=0):  # noqa: ANN001
+    # up: None for a convolution, else the x2 upsampling mode ("transpose" | "resize").
     if pad:
         x = ReflectionPadding2D(pad, name=f"{name}_pad", dtype=dtype)(x)
-    conv = layers.Conv2DTranspose if transpose else layers.Conv2D
-    x = conv(
-        filters,
-        k,
-        strides=stride,
-        padding="same" if (transpose or not pad) else "valid",
-        kernel_initializer=_init(),
-        name=f"{name}_conv",
-        dtype=dtype,
-    )(x)
+    if up:
+        x = up_conv(
+            x, filters, k, mode=up, name=name, conv_name=f"{name}_conv", use_bias=True, dtype=dtype
+        )
+    else:
+        x = layers.Conv2D(
+            filters,
+            k,
+            strides=stride,
+            padding="valid" if pad else "same",
+            kernel_initializer=_init(),
+            name=f"{name}_conv",
+            dtype=dtype,
+        )(x)
     x = _instance_norm(f"{name}_in", dtype)(x)
     return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
@@ -216,8 +302,8 @@ def _resnet_generator(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model
         )
         y = _instance_norm(f"res{i}b_in", dtype)(y)
         x = layers.Add(name=f"res{i}_add", dtype=dtype)([shortcut, y])
-    x = _conv_norm_relu(x, f * 2, 3, 2, transpose=True, name="u128", dtype=dtype)
-    x = _conv_norm_relu(x, f, 3, 2, transpose=True, name="u64", dtype=dtype)
+    x = _conv_norm_relu(x, f * 2, 3, 2, up=cfg.upsample, name="u128", dtype=dtype)
+    x = _conv_norm_relu(x, f, 3, 2, up=cfg.upsample, name="u64", dtype=dtype)
     x = ReflectionPadding2D(3, name="out_pad", dtype=dtype)(x)
     x = layers.Conv2D(3, 7, kernel_initializer=_init(), name="out_conv", dtype=dtype)(x)
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)

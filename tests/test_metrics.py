@@ -9,15 +9,18 @@ import pytest
 
 from cyclegan_jobs.metrics import (
     PSNR_CAP,
+    checkerboard_db,
     color_histogram_distance,
     finite_or_none,
     laplacian_pyramid,
     laplacian_reconstruct,
+    mean_power_spectrum,
     patch_descriptors,
     psnr,
     psnr_per_image,
     sliced_wasserstein,
     ssim,
+    stride_bins,
     swd,
 )
 from cyclegan_jobs.sample_data import paint, synthetic_faces
@@ -325,3 +328,93 @@ def test_non_finite_inputs_give_nan_not_numbers(bad: float) -> None:
     assert finite_or_none(ssim(broken, good)) is None
     # The same values without the bad pixel are ordinary finite numbers.
     assert finite_or_none(ssim(good, good)) == pytest.approx(1.0)
+
+
+# --- checkerboard_db: power at the stride frequencies of stacked stride-2 upsamplings ----------
+
+
+def _blocks(size: int, period: int) -> np.ndarray:
+    """A +-1 checkerboard of period `period` px (squares of period / 2), H x W x 1."""
+    y, x = np.indices((size, size))
+    half = period // 2
+    return np.where((y // half + x // half) % 2 == 0, 1, -1)[..., None]
+
+
+def _plus(images: np.ndarray, pattern: np.ndarray, amplitude: int) -> np.ndarray:
+    return np.clip(images.astype(np.int16) + amplitude * pattern, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def faces64() -> np.ndarray:
+    return synthetic_faces(16, 64, seed=1)
+
+
+@pytest.mark.parametrize(("size", "seed"), [(32, 1), (32, 4), (64, 2), (64, 5), (128, 3)])
+def test_checkerboard_db_of_smooth_pictures_is_near_zero(size: int, seed: int) -> None:
+    # No periodic texture: each stride bin is about as strong as the bins around it. Spectral
+    # slope and the faces' horizontal edges move single bins by up to ~3 dB; the mean over the
+    # 19 bins stayed within [-1.3, +1.3] dB for 16-32 faces of 32-256 px, seeds 0-9. 2 dB
+    # leaves room for that and is still far below a faint checkerboard (> 8 dB, below).
+    assert abs(checkerboard_db(synthetic_faces(16, size, seed))) < 2.0
+
+
+def test_checkerboard_db_of_white_noise_is_near_zero() -> None:
+    noise = np.random.default_rng(0).normal(0.0, 1.0, (16, 64, 64, 3))
+    assert abs(checkerboard_db(noise)) < 0.5  # a flat spectrum: bins equal their neighbours
+
+
+def test_a_faint_2px_checkerboard_scores_far_higher(faces64: np.ndarray) -> None:
+    clean = checkerboard_db(faces64)
+    one, two = (checkerboard_db(_plus(faces64, _blocks(64, 2), a)) for a in (1, 2))
+    # +-2 grey levels: invisible next to the faces' own +-3 noise, and yet ~+14 dB.
+    assert two > clean + 10.0 and one > clean + 6.0 and two > one
+    # On a single image, too (noisier, but the peak stands out as clearly).
+    assert checkerboard_db(_plus(faces64[0], _blocks(64, 2), 2)) > checkerboard_db(faces64[0]) + 8
+
+
+def test_a_period_4_pattern_is_caught_at_the_second_level(faces64: np.ndarray) -> None:
+    # Squares of 2 px: power at (+-H/4, +-W/4) only, none at the period-2 frequencies.
+    textured = _plus(faces64, _blocks(64, 4), 4)
+    assert checkerboard_db(textured) > checkerboard_db(faces64) + 4.0
+    # With levels=1 only period 2 is measured, and this pattern has no power there.
+    assert checkerboard_db(textured, levels=1) == pytest.approx(
+        checkerboard_db(faces64, levels=1), abs=0.1
+    )
+
+
+def test_checkerboard_db_is_scale_free_and_takes_single_images(faces64: np.ndarray) -> None:
+    as_uint8 = checkerboard_db(faces64)
+    assert checkerboard_db(faces64.astype(np.float32) / 127.5 - 1.0) == pytest.approx(as_uint8)
+    assert checkerboard_db(faces64.astype(np.float64) * 1e3) == pytest.approx(as_uint8)
+    assert checkerboard_db(faces64[3]) == pytest.approx(checkerboard_db(faces64[3:4]))
+    # A pure checkerboard: all power in one bin, a large but finite number.
+    pure = checkerboard_db(np.broadcast_to(_blocks(64, 2), (1, 64, 64, 3)).astype(np.float32))
+    assert math.isfinite(pure) and pure > 60.0
+    assert checkerboard_db(np.full((2, 32, 32, 3), 7, np.uint8)) == 0.0  # nothing varies
+
+
+def test_stride_bins_and_spectrum() -> None:
+    bins = stride_bins(64, 64, 3)
+    # 6 values per axis (0, 32, +-16, +-8): 35 bins without DC, 3 self-conjugate, so 19.
+    assert len(bins) == 19 and (32, 32) in bins and (0, 0) not in bins
+    assert len(stride_bins(64, 64, 3, conjugates=True)) == 35
+    assert stride_bins(32, 64, 1) == [(0, 32), (16, 0), (16, 32)]
+    spectrum = mean_power_spectrum(np.broadcast_to(_blocks(32, 2), (2, 32, 32, 1)))
+    assert spectrum.shape == (32, 32) and int(np.argmax(spectrum)) == 16 * 32 + 16
+
+
+def test_checkerboard_db_rejects_bad_input_clearly() -> None:
+    with pytest.raises(ValueError, match=r"expected \(N x\) H x W x C images"):
+        checkerboard_db(np.zeros((64, 64)))
+    with pytest.raises(ValueError, match="numeric"):
+        checkerboard_db(np.full((1, 64, 64, 3), "a"))
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*levels = 8 and at least 32"):
+        checkerboard_db(np.zeros((1, 60, 64, 3)))
+    with pytest.raises(ValueError, match="image width 16"):
+        checkerboard_db(np.zeros((1, 32, 16, 3)))
+    assert checkerboard_db(np.zeros((1, 16, 16, 3)), levels=2) == 0.0  # fewer levels, smaller
+    with pytest.raises(ValueError, match="levels and ring must be >= 1"):
+        checkerboard_db(np.zeros((1, 32, 32, 3)), levels=0)
+    broken = synthetic_faces(2, 32, seed=0).astype(np.float32)
+    broken[1, 2, 3, 1] = np.nan
+    assert math.isnan(checkerboard_db(broken))
