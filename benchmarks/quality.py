@@ -1,11 +1,18 @@
 """Known-mapping benchmark: does training recover a style we know, without any dataset?
 
 Domain B = synthetic faces (one draw), domain A = style(another draw): unpaired, as CycleGAN
-expects. After training for a time budget on the CPU, held-out faces b are translated and
-compared with the truth: PSNR(G_BA(b), style(b)) against the do-nothing PSNR(b, style(b)), plus
-the evaluation metrics. Any style function (uint8 HxWx3 batches in and out) plugs in.
-Run: `.venv/bin/python benchmarks/quality.py [--style MODULE_OR_FILE.py:FUNCTION]
-[--minutes 10] [--image-size 64] [--preset tiny] [--out var/quality]`.
+expects. Training runs for a time budget on the CPU with model selection on (every
+`--select-every` steps the generators are scored on held-out images of the two training draws:
+SWD and cycle PSNR, no ground truth). Then 64 faces b of a third draw are translated and
+compared with the truth: PSNR(G_BA(b), style(b)) against the do-nothing PSNR(b, style(b)).
+A probe (reporting only; it does not steer anything) also measures that PSNR at every selection
+step, so the report shows the last step's weights, the selected ones and the best scored step.
+Any style function (uint8 HxWx3 batches in and out) plugs in.
+
+One run:    .venv/bin/python benchmarks/quality.py [--style MODULE_OR_FILE.py:FUNCTION]
+            [--minutes 10] [--image-size 64] [--preset tiny] [--upsample resize] [--out DIR]
+The matrix: .venv/bin/python benchmarks/quality.py --matrix [--parallel 2] [--threads 1]
+            (the three styles x each --variants entry, side by side; a table, then JSON)
 Goal (issue 4): >= 25 dB and >= +10 dB over the do-nothing baseline within 10 minutes at 64x64.
 
 Training settings (on top of the preset; each has a flag): batch 8, learning rate 3e-3, the
@@ -17,6 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -25,14 +35,50 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from cyclegan_jobs import images, metrics  # noqa: E402
+from cyclegan_jobs import hooks, images, metrics  # noqa: E402
 from cyclegan_jobs.config import TrainConfig, preset  # noqa: E402
 from cyclegan_jobs.evaluate import evaluate, load_style  # noqa: E402
 from cyclegan_jobs.sample_data import synthetic_faces, write_npy  # noqa: E402
-from cyclegan_jobs.train import train  # noqa: E402
 
 BUILTIN = "cyclegan_jobs.sample_data:paint"
+STYLES = (BUILTIN, "benchmarks/styles.py:colour_remap", "benchmarks/styles.py:blur_posterize")
 GOAL_DB, GOAL_GAIN_DB = 25.0, 10.0
+# A variant: model options on top of the preset ("name=key:value,key:value").
+VARIANTS = ("transpose=upsample:transpose", "resize=upsample:resize")
+
+
+class TruthProbe(hooks.Hook):
+    """At each model-selection step, PSNR of G_BA on the test faces against the true style.
+    Reporting only: the selection never sees it. Runs after ModelSelection, whose float32
+    generators then hold the weights just scored."""
+
+    def __init__(self, faces: np.ndarray, truth: np.ndarray):
+        self.faces, self.truth, self.curve = faces, truth, []
+
+    def after_step(self, t: Any, logs: dict[str, float]) -> None:
+        row = t.history[-1] if t.history else {}
+        if row.get("kind") != "selection" or row["step"] != t.step:
+            return
+        fake = images.to_uint8(t.selection.gens.apply("generator_BA", self.faces))
+        self.curve.append(
+            {
+                "step": t.step,
+                "swd_mean": row["swd_mean"],
+                "cycle_psnr": row["cycle_psnr"],
+                "psnr_true": metrics.psnr(fake, self.truth),
+            }
+        )
+
+
+def _domains(style: Any, out: Path, n: int, held_out: int, size: int) -> dict[str, str]:
+    """Training draws (n + a held-out share for selection) and the test draw, as .npy files."""
+    select = hooks.SELECT_IMAGES
+    faces_b = synthetic_faces(n + select, size, seed=0)
+    painted_a = np.asarray(style(synthetic_faces(n + select, size, seed=1)), np.uint8)
+    held_b = synthetic_faces(held_out, size, seed=2)
+    held_a = np.asarray(style(synthetic_faces(held_out, size, seed=3)), np.uint8)
+    arrays = (("a", painted_a), ("b", faces_b), ("held_a", held_a), ("held_b", held_b))
+    return {name: write_npy(str(out / f"{name}.npy"), arr) for name, arr in arrays}
 
 
 def run_benchmark(
@@ -50,75 +96,144 @@ def run_benchmark(
     decay: bool = True,
     epochs: int | None = None,
     log_every: int = 200,
+    select_every: int = 100,
+    model_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on unpaired (faces, style(faces)) for `minutes` (or `epochs` of n // batch_size
     steps, if that ends first); report PSNR against the truth."""
+    from cyclegan_jobs.train import Trainer
+
     style = load_style(style_spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = image_size
-    faces_b = synthetic_faces(n, size, seed=0)
-    painted_a = np.asarray(style(synthetic_faces(n, size, seed=1)), np.uint8)
+    uris = _domains(style, out, n, held_out, size)
     held_b = synthetic_faces(held_out, size, seed=2)
-    held_a = np.asarray(style(synthetic_faces(held_out, size, seed=3)), np.uint8)
-    uris = {
-        name: write_npy(str(out / f"{name}.npy"), arr)
-        for name, arr in (("a", painted_a), ("b", faces_b), ("held_a", held_a), ("held_b", held_b))
-    }
+    truth = np.asarray(style(held_b), np.uint8)
     model_cfg, loss_cfg = preset(preset_name, size)
+    model_cfg = replace(model_cfg, **(model_options or {}))
     overrides = {"identity_weight": identity_weight, "learning_rate": learning_rate}
     loss_cfg = replace(loss_cfg, **{k: v for k, v in overrides.items() if v is not None})
     loss_cfg = replace(loss_cfg, linear_decay=decay)
-    summary = train(
-        TrainConfig(
-            domain_a=uris["a"],
-            domain_b=uris["b"],
-            model_store=str(out / "models"),
-            model=model_cfg,
-            loss=loss_cfg,
-            batch_size=batch_size,
-            holdout=0.0,
-            epochs=epochs or 100_000,  # by default the time budget ends training
-            max_minutes=minutes,
-            log_every=log_every,
-            checkpoint_every=10_000,
-            sample_every=10_000,
-        )
+    cfg = TrainConfig(
+        domain_a=uris["a"],
+        domain_b=uris["b"],
+        model_store=str(out / "models"),
+        model=model_cfg,
+        loss=loss_cfg,
+        batch_size=batch_size,
+        holdout=hooks.SELECT_IMAGES / (n + hooks.SELECT_IMAGES),
+        epochs=epochs or 100_000,  # by default the time budget ends training
+        max_minutes=minutes,
+        log_every=log_every,
+        checkpoint_every=100_000,
+        sample_every=100_000,
+        select_every=select_every,
     )
-    vuri = summary["version_uri"]
-    result = evaluate(vuri, uris["held_a"], uris["held_b"], holdout=0.0, paired_b_to_a=style_spec)
+    probe = TruthProbe(held_b, truth)
+    summary = Trainer(cfg, extra_hooks=(probe,)).run()
+    return _report(style_spec, cfg, summary, probe, uris, held_b, truth, out)
 
+
+def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[str, Any]:  # noqa: ANN001
     from cyclegan_jobs.inference import load_generators
 
+    vuri = summary["version_uri"]
+    result = evaluate(vuri, uris["held_a"], uris["held_b"], holdout=0.0, paired_b_to_a=style_spec)
     g_ba = load_generators(vuri)["generator_BA"]
     fake = images.to_uint8(np.asarray(g_ba(images.to_unit(held_b), training=False)))
-    truth = np.asarray(style(held_b), np.uint8)
     model_psnr, baseline = metrics.psnr(fake, truth), metrics.psnr(held_b, truth)
     rows = [[held_b[i], truth[i], fake[i]] for i in range(min(6, len(held_b)))]
     picture = out / "quality.png"
     titles = ["held-out face", "true style", "model output"]
     picture.write_bytes(images.encode_png(images.sample_grid(rows, col_titles=titles, cell=128)))
-
+    curve = probe.curve
+    oracle = max(curve, key=lambda r: r["psnr_true"]) if curve else None
     report = {
         "style": style_spec,
-        "preset": preset_name,
-        "loss": asdict(loss_cfg),
-        "batch_size": batch_size,
-        "image_size": size,
-        "minutes": minutes,
+        "preset": cfg.model.preset,
+        "model": asdict(cfg.model),
+        "loss": asdict(cfg.loss),
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.model.image_size,
+        "minutes": cfg.max_minutes,
         "steps": summary["steps"],
+        "selected_step": (summary["selected"] or {}).get("step"),
         "psnr_model": round(model_psnr, 2),
+        "psnr_last": round(curve[-1]["psnr_true"], 2) if curve else None,
+        "psnr_best_scored": round(oracle["psnr_true"], 2) if oracle else None,
+        "best_scored_step": oracle["step"] if oracle else None,
         "psnr_do_nothing": round(baseline, 2),
         "gain_db": round(model_psnr - baseline, 2),
         "goal_met": model_psnr >= GOAL_DB and model_psnr - baseline >= GOAL_GAIN_DB,
+        "checkerboard_db": _checkerboard(fake),
         "evaluation": {k: result[k] for k in ("cycle_psnr", "swd_mean", "swd", "color")},
+        "curve": curve,
         "picture": str(picture),
+        "load_average": os.getloadavg(),
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def main() -> None:
+def _checkerboard(outputs: np.ndarray) -> float | None:
+    fn = getattr(metrics, "checkerboard_db", None)
+    return None if fn is None else round(float(fn(outputs)), 2)
+
+
+def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, spec = text.partition("=")
+    options: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition(":")
+        options[key] = {"true": True, "false": False}.get(value, value)
+    return name, options
+
+
+def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every style x variant as its own process (`--parallel` at a time, `--threads` each)."""
+    jobs = []
+    for style in args.styles:
+        for variant in args.variants:
+            name = _parse_variant(variant)[0]
+            tag = f"{Path(style.split(':')[-1]).name}-{name}"
+            out = Path(args.out) / tag
+            argv = [sys.executable, __file__, "--style", style, "--variant", variant]
+            argv += ["--minutes", str(args.minutes), "--out", str(out)]
+            argv += ["--threads", str(args.threads)] if args.threads else []
+            jobs.append((tag, out, argv))
+    running, reports = [], []
+    while jobs or running:
+        while jobs and len(running) < args.parallel:
+            tag, out, argv = jobs.pop(0)
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "run.log", "w")  # noqa: SIM115 - closed when the process ends
+            print(f"{time.strftime('%H:%M:%S')} start {tag}", flush=True)
+            running.append((tag, out, subprocess.Popen(argv, stdout=log, stderr=log), log))
+        time.sleep(5)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            item[3].close()
+            tag, out, proc = item[0], item[1], item[2]
+            print(f"{time.strftime('%H:%M:%S')} done {tag} (exit {proc.returncode})", flush=True)
+            if proc.returncode == 0:
+                reports.append({"run": tag, **json.loads((out / "quality.json").read_text())})
+    return reports
+
+
+def print_table(reports: list[dict[str, Any]]) -> None:
+    head = ("run", "steps", "last", "selected (step)", "best scored (step)", "do-nothing", "gain")
+    print("\n| " + " | ".join((*head, "goal")) + " |\n" + "|---" * (len(head) + 1) + "|")
+    for r in reports:
+        cells = (
+            r["run"], r["steps"], r["psnr_last"], f"{r['psnr_model']} ({r['selected_step']})",
+            f"{r['psnr_best_scored']} ({r['best_scored_step']})", r["psnr_do_nothing"],
+            f"{r['gain_db']:+.2f}", "met" if r["goal_met"] else "missed",
+        )  # fmt: skip
+        print("| " + " | ".join(map(str, cells)) + " |")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--style", default=BUILTIN)
     p.add_argument("--minutes", type=float, default=10.0)
@@ -131,7 +246,28 @@ def main() -> None:
     p.add_argument("--identity-weight", type=float, default=5.0, help="None: the preset's")
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--no-decay", action="store_true", help="constant learning rate")
-    args = p.parse_args()
+    p.add_argument("--select-every", type=int, default=100, help="0: export the last weights")
+    p.add_argument("--variant", default="preset=", help="NAME=key:value,... model options")
+    p.add_argument("--threads", type=int, default=0, help="TF threads per process (0: all)")
+    p.add_argument("--matrix", action="store_true", help="all --styles x --variants")
+    p.add_argument("--styles", nargs="+", default=list(STYLES))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--parallel", type=int, default=1, help="matrix runs at a time")
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.matrix:
+        reports = run_matrix(args)
+        print_table(reports)
+        print(json.dumps({"runs": [{k: v for k, v in r.items() if k != "curve"} for r in reports]}))
+        return
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     report = run_benchmark(
         args.style,
         minutes=args.minutes,
@@ -144,10 +280,13 @@ def main() -> None:
         learning_rate=args.learning_rate,
         identity_weight=args.identity_weight,
         decay=not args.no_decay,
+        select_every=args.select_every,
+        model_options=_parse_variant(args.variant)[1],
     )
     print(
         f"\nstyle {report['style']}: {report['steps']} steps in {report['minutes']} min at "
-        f"{report['image_size']}px -> PSNR(G_BA(b), style(b)) = {report['psnr_model']:.2f} dB, "
+        f"{report['image_size']}px -> PSNR(G_BA(b), style(b)) = {report['psnr_model']:.2f} dB "
+        f"(selected step {report['selected_step']}; last step {report['psnr_last']} dB), "
         f"do-nothing {report['psnr_do_nothing']:.2f} dB, gain {report['gain_db']:+.2f} dB; goal "
         f"(>= {GOAL_DB:.0f} dB and >= +{GOAL_GAIN_DB:.0f} dB) "
         f"{'MET' if report['goal_met'] else 'MISSED'}; picture {report['picture']}"

@@ -44,6 +44,7 @@ TRAIN_CONF = {
     "image_size": SIZE,
     "epochs": 1,
     "steps_per_epoch": 20,
+    "select_every": 10,  # model selection scores steps 10 and 20; the better one is the version
     "min_cycle_psnr": 0.0,
 }
 
@@ -215,7 +216,7 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
     assert set(retrain["params"]) == {
         "preset", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "image_size",
         "precision", "domain_a", "domain_b", "model_store", "min_new_images", "force",
-        "promote", "min_cycle_psnr",
+        "promote", "min_cycle_psnr", "select_every",
     }  # fmt: skip
     assert retrain["params"]["epochs"]["minimum"] == 1
     assert retrain["params"]["promote"]["enum"] == ["gate", "never"]
@@ -360,6 +361,12 @@ def test_retrain_promotes_a_version(trained: dict) -> None:
     assert storage.exists(f"{version}/evaluation.json")
     summary = storage.read_json(f"{store}/runs/{safe_run_id(result['run_id'])}/retrain.json")
     assert summary["outcome"] == f"promoted {pointer['version']}"
+    # The version the gate passed is model selection's pick, and says so.
+    assert summary["steps"] == 20 and summary["selected"]["step"] in (10, 20), summary
+    assert (
+        registry.get_version(store, pointer["version"])["metrics"]["selected"]
+        == summary["selected"]
+    )
 
 
 def test_nightly_writes_every_output_then_skips_everything(

@@ -28,6 +28,12 @@ def test_short_benchmark_beats_the_do_nothing_baseline(tmp_path: Path) -> None:
     )
     assert report["steps"] == 600
     assert report["psnr_model"] > report["psnr_do_nothing"] + 1.0, report
+    # Model selection ran (every 100 steps and at the last) and the version is the selected
+    # step's: the probe's true PSNR at that step is the exported model's.
+    curve = {row["step"]: row for row in report["curve"]}
+    assert sorted(curve) == [100, 200, 300, 400, 500, 600]
+    selected = curve[report["selected_step"]]
+    assert selected["psnr_true"] == pytest.approx(report["psnr_model"], abs=0.02)
     # It also moves the outputs toward the styled domain (distribution, not only pixels).
     swd = report["evaluation"]["swd"]
     assert swd["b2a"] < swd["b2a_untranslated"], swd

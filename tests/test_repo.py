@@ -38,3 +38,19 @@ def test_library_never_imports_airflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_library_function_is_longer_than_80_lines() -> None:
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "cyclegan_jobs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split these into named stages: " + ", ".join(too_long)
