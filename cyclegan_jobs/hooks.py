@@ -141,6 +141,8 @@ class ModelSelection(Hook):
     def start(self, t: Trainer) -> None:
         from .inference import GENERATORS, Generators
 
+        if not self.every:  # off: no scoring, no copies of the generators
+            return
         self.held = held_out_for_selection(t.data)
         if len(self.held["a"]) == 0:
             log.warning("model selection is off: no held-out images (holdout 0)")
