@@ -62,6 +62,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:
             raise ConfigError(f"unknown upsampling {self.upsample!r}; choose from {UPSAMPLING}")
+        if self.input_skip and self.architecture != "unet_res":
+            raise ConfigError("input_skip is a U-Net level: only for the unet_res architecture")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "

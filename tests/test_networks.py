@@ -288,3 +288,29 @@ def test_checkerboard_benchmark_scores_stored_versions_and_draws(tmp_path) -> No
         part = report["trained"][mode]
         assert (part["version"], part["detected"]) == (uri, mode) and np.isfinite(part["db"])
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+# --- the input skip: a full-resolution top level for the U-Net ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["transpose", "resize"])
+def test_input_skip_feeds_the_input_image_to_a_full_resolution_last_conv(
+    mode: str, tmp_path
+) -> None:  # noqa: ANN001
+    cfg = dataclasses.replace(preset("tiny", 32)[0], upsample=mode, input_skip=True)
+    g, plain = build_generator(cfg), build_generator(dataclasses.replace(cfg, input_skip=False))
+    skip = g.get_layer("skip_input")
+    assert g.inputs[0] in skip.input  # the image itself, not a feature map of it
+    last = g.get_layer("last")
+    assert type(last) is keras.layers.Conv2D and last.strides == (1, 1)
+    assert last.input.shape[1:] == (32, 32, cfg.gen_filters + 3)
+    assert g.count_params() > plain.count_params()  # up3 and a wider last conv
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "skip.keras"
+    g.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded(x).numpy(), g(x).numpy())
+    # The seed keeps its topology: no input skip unless asked for, and not for the ResNet.
+    assert preset("seed")[0].input_skip is False and preset("tiny")[0].input_skip is False
+    with pytest.raises(ConfigError, match="unet_res"):
+        dataclasses.replace(preset("paper", 32)[0], input_skip=True)
