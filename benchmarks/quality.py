@@ -70,15 +70,18 @@ class TruthProbe(hooks.Hook):
         )
 
 
-def _domains(style: Any, out: Path, n: int, held_out: int, size: int) -> dict[str, str]:
-    """Training draws (n + a held-out share for selection) and the test draw, as .npy files."""
+def _domains(
+    style: Any, out: Path, n: int, held_out: int, size: int
+) -> tuple[dict[str, str], np.ndarray]:
+    """Training draws (n + a held-out share for selection) and the test draw, as .npy files;
+    also the test faces b themselves (the truth probe and the report use them)."""
     select = hooks.SELECT_IMAGES
     faces_b = synthetic_faces(n + select, size, seed=0)
     painted_a = np.asarray(style(synthetic_faces(n + select, size, seed=1)), np.uint8)
     held_b = synthetic_faces(held_out, size, seed=2)
     held_a = np.asarray(style(synthetic_faces(held_out, size, seed=3)), np.uint8)
     arrays = (("a", painted_a), ("b", faces_b), ("held_a", held_a), ("held_b", held_b))
-    return {name: write_npy(str(out / f"{name}.npy"), arr) for name, arr in arrays}
+    return {name: write_npy(str(out / f"{name}.npy"), arr) for name, arr in arrays}, held_b
 
 
 def run_benchmark(
@@ -107,8 +110,7 @@ def run_benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = image_size
-    uris = _domains(style, out, n, held_out, size)
-    held_b = synthetic_faces(held_out, size, seed=2)
+    uris, held_b = _domains(style, out, n, held_out, size)
     truth = np.asarray(style(held_b), np.uint8)
     model_cfg, loss_cfg = preset(preset_name, size)
     model_cfg = replace(model_cfg, **(model_options or {}))
@@ -166,7 +168,7 @@ def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[s
         "psnr_do_nothing": round(baseline, 2),
         "gain_db": round(model_psnr - baseline, 2),
         "goal_met": model_psnr >= GOAL_DB and model_psnr - baseline >= GOAL_GAIN_DB,
-        "checkerboard_db": _checkerboard(fake),
+        "checkerboard_db": round(metrics.checkerboard_db(fake), 2),
         "evaluation": {k: result[k] for k in ("cycle_psnr", "swd_mean", "swd", "color")},
         "curve": curve,
         "picture": str(picture),
@@ -174,11 +176,6 @@ def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[s
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _checkerboard(outputs: np.ndarray) -> float | None:
-    fn = getattr(metrics, "checkerboard_db", None)
-    return None if fn is None else round(float(fn(outputs)), 2)
 
 
 def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:

@@ -70,14 +70,15 @@ class FusedBatchNorm(layers.BatchNormalization):
         return y
 
 
-def _strided_conv(conv: type[layers.Layer], x, filters: int, size: int, name: str, dtype):  # noqa: ANN001
-    # The seed's pix2pix-style convs: stride 2, 'same' padding, no bias, N(0, 0.02) init.
+def _conv(conv: type[layers.Layer], x, filters: int, size: int, *, strides: int,  # noqa: ANN001
+          name: str, dtype, use_bias: bool = False):  # fmt: skip
+    # The seed's pix2pix-style convs: 'same' padding, N(0, 0.02) init, no bias unless asked.
     return conv(
         filters,
         size,
-        strides=2,
+        strides=strides,
         padding="same",
-        use_bias=False,
+        use_bias=use_bias,
         kernel_initializer=_init(),
         name=name,
         dtype=dtype,
@@ -86,7 +87,7 @@ def _strided_conv(conv: type[layers.Layer], x, filters: int, size: int, name: st
 
 def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):  # noqa: ANN001 - keras tensors
     """Conv2D stride 2 with LeakyReLU (inside the conv, as the seed), no bias, then BatchNorm."""
-    x = _strided_conv(layers.Conv2D, x, filters, size, f"{name}_conv", dtype)
+    x = _conv(layers.Conv2D, x, filters, size, strides=2, name=f"{name}_conv", dtype=dtype)
     x = layers.LeakyReLU(SEED_LEAKY_SLOPE, name=f"{name}_lrelu", dtype=dtype)(x)
     if batchnorm:
         x = FusedBatchNorm(name=f"{name}_bn", dtype=dtype)(x)
@@ -153,16 +154,9 @@ def up_conv(
         conv, strides, conv_name = layers.Conv2DTranspose, 2, conv_name or name
     else:
         raise ValueError(f"unknown upsampling mode {mode!r}; choose 'transpose' or 'resize'")
-    return conv(
-        filters,
-        size,
-        strides=strides,
-        padding="same",
-        use_bias=use_bias,
-        kernel_initializer=_init(),
-        name=conv_name,
-        dtype=dtype,
-    )(x)
+    return _conv(
+        conv, x, filters, size, strides=strides, name=conv_name, dtype=dtype, use_bias=use_bias
+    )
 
 
 def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
