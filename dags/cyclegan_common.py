@@ -72,6 +72,28 @@ IO_RETRIES = {
 }
 
 
+# The DAGs' schedules come from the cyclegan_timetables plugin; a deployment without it gets this
+# import error in the UI instead of a bare ModuleNotFoundError.
+PLUGIN_MISSING = (
+    "cyclegan_timetables is not importable: copy plugins/cyclegan_timetables.py (from the "
+    "cyclegan-jobs repository; /opt/airflow/plugins in its images) into the plugins folder "
+    "([core] plugins_folder, by default $AIRFLOW_HOME/plugins) of every Airflow component "
+    "(scheduler, DAG processor, API server, triggerer, workers), then restart them"
+)
+
+
+def schedule_for(cron: str | None) -> Any:
+    """A DAG's `schedule=` for a cron string: the plugin's no-surprise-run timetable (None when
+    empty: manual triggers only)."""
+    try:
+        import cyclegan_timetables
+    except ModuleNotFoundError as err:
+        if err.name != "cyclegan_timetables":
+            raise
+        raise ImportError(PLUGIN_MISSING) from err
+    return cyclegan_timetables.schedule_for(cron)
+
+
 def _json_env(name: str, default: Any) -> Any:
     raw = os.environ.get(name)
     if not raw:

@@ -45,11 +45,11 @@ from cyclegan_common import (
     push_links,
     results_links,
     safe_run_id,
+    schedule_for,
     text_param,
     use_connection,
     with_results_links,
 )
-from cyclegan_timetables import schedule_for
 
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()

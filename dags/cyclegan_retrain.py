@@ -47,10 +47,10 @@ from cyclegan_common import (
     heavy_step,
     number_param,
     safe_run_id,
+    schedule_for,
     text_param,
     use_connection,
 )
-from cyclegan_timetables import schedule_for
 
 from cyclegan_jobs.config import (
     IMAGE_SIZES,

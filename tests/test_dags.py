@@ -337,6 +337,26 @@ def test_dag_modules_have_no_heavy_top_level_imports() -> None:
     assert imported <= {"__future__", "dataclasses", "typing"}, imported
 
 
+def test_without_the_plugin_each_dag_file_says_what_to_copy_where(tmp_path: Path) -> None:
+    """A deployment that lacks the timetable plugin: both DAG files' import errors name the file
+    and where it goes, instead of a bare ModuleNotFoundError."""
+    empty = tmp_path / "plugins"
+    empty.mkdir()
+    env = {
+        **os.environ,
+        **airflow_local.airflow_config(tmp_path / "home"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(empty),
+    }
+    done = _driver(env, "cyclegan_nightly_translate", {})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "DAG import errors" in done.stderr
+    for dag_file in ("cyclegan_retrain.py", "cyclegan_nightly_translate.py"):
+        assert f"{DAGS / dag_file}" in done.stderr
+    said = "copy plugins/cyclegan_timetables.py"
+    assert done.stderr.count(said) == 2, done.stderr[-3000:]
+    assert "into the plugins folder" in done.stderr and "of every Airflow component" in done.stderr
+
+
 def test_ruff_airflow_rules_are_clean_on_dags() -> None:
     ruff = Path(sys.executable).with_name("ruff")
     done = subprocess.run(
