@@ -1,6 +1,6 @@
 """Airflow on the embedded default: `make run` drives both DAGs, `make airflow` serves the UI.
 
-    python scripts/airflow_local.py run [--root var]         # what `make run` does
+    python scripts/airflow_local.py run [--root var] [--retrain-conf JSON]  # `make run`
     python scripts/airflow_local.py standalone [--root var]  # what `make airflow` does
     python scripts/airflow_local.py dag-test DAG_ID [--conf JSON] [--home DIR]  # one dag.test()
 
@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
 sys.path.insert(0, str(REPO))  # cyclegan_local: development tools, not installed
+from cyclegan_local import reaper  # noqa: E402
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))  # the CLI of this venv's Airflow
 POOL, POOL_SLOTS = "cyclegan_gpu", 1  # slots = GPUs; one CPU "GPU" here
 # The retrain form's defaults on the local stack: small enough for a CPU (the seed preset at
@@ -50,23 +52,28 @@ def _say(message: str) -> None:
     print(f"[airflow-local] {message}", file=sys.stderr, flush=True)
 
 
-def airflow_env(home: Path, endpoint_url: str, access_key: str, secret_key: str) -> dict:
-    """Environment for every Airflow process here: home, DAGs, no examples, the connection."""
-    connection = {
-        "conn_type": "aws",
-        "login": access_key,
-        "password": secret_key,
-        "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
-    }
+def airflow_config(home: Path) -> dict[str, str]:
+    """Airflow's settings for every process here. Airflow reads them when it is first imported,
+    so they go into the environment before anything imports it (or into a child's)."""
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+
+
+def airflow_env(home: Path, endpoint_url: str, access_key: str, secret_key: str) -> dict:
+    """Environment for every Airflow process here: `airflow_config` and the connection."""
+    connection = {
+        "conn_type": "aws",
+        "login": access_key,
+        "password": secret_key,
+        "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
+    }
+    return {**airflow_config(home), "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection)}
 
 
 def prepare_home(env: dict) -> None:
@@ -102,23 +109,42 @@ def dag_test(dag_id: str, conf: dict | None = None) -> dict[str, Any]:
 
 
 def _run_dag(dag_id: str, conf: dict | None = None) -> dict[str, Any]:
-    _say(f"running {dag_id} through Airflow (dag.test) with conf {json.dumps(conf or {})}")
-    result = dag_test(dag_id, conf)
+    """One `dag.test()` in a child process: a fresh Airflow that reads this environment."""
+    conf_json = json.dumps(conf or {})
+    _say(f"running {dag_id} through Airflow (dag.test) with conf {conf_json}")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "dag-test", dag_id, "--conf", conf_json]
+    result = None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the task logs, then the result as one JSON line
+            if line.startswith('{"dag_id"'):
+                result = json.loads(line)
+            else:
+                sys.stderr.write(line)
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted here: the child unwinds on SIGTERM too
+            proc.terminate()
+            proc.wait()
+    if proc.returncode or result is None:
+        raise RuntimeError(f"{dag_id}: dag.test exited with {proc.returncode}; its log is above")
     _say(f"{dag_id}: {result['state']} {result['tasks']}")
     if result["state"] != "success":
         raise RuntimeError(f"{dag_id} ended {result['state']}; task logs are above")
     return result
 
 
-def run(root: Path) -> int:
-    """`make run`: both DAGs through Airflow on the local S3 server."""
+def run(root: Path, retrain_conf: dict | None = None) -> int:
+    """`make run`: both DAGs through Airflow on the local S3 server (`retrain_conf`: Params for
+    cyclegan_retrain, when it runs, over the form's defaults)."""
+    root = root.resolve()
+    os.environ.update(airflow_config(root / "airflow"))  # before anything imports Airflow
+    os.environ.update(LOCAL_TRAINING)
     sys.path.insert(0, str(DAGS))
-    from cyclegan_common import Settings, safe_run_id
+    from cyclegan_common import Settings
 
-    from cyclegan_jobs import registry, storage
     from cyclegan_local import local_default, local_s3
 
-    root = root.resolve()
     with local_default.local_stack(root) as server:
         env = airflow_env(
             root / "airflow",
@@ -128,36 +154,13 @@ def run(root: Path) -> int:
         )
         prepare_home(env)
         os.environ.update(env)
-        os.environ.update(LOCAL_TRAINING)
         settings = Settings.from_env()
-        pointer = registry.promoted(settings.model_store)
-        if pointer is None:
-            retrain = _run_dag("cyclegan_retrain")
-            summary = storage.read_json(
-                storage.join(settings.model_store, "runs", safe_run_id(retrain["run_id"]),
-                             "retrain.json")
-            )  # fmt: skip
-            _say(f"retrain: {summary['outcome']}")
-            pointer = registry.promoted(settings.model_store)  # None if the gate refused
-        else:
-            _say(f"model: {pointer['version']} already promoted; cyclegan_retrain not needed")
+        pointer, retrained = _ensure_model(settings.model_store, retrain_conf)
         nightly = _run_dag("cyclegan_nightly_translate")
-        run_root = storage.join(settings.output_uri, "_runs", safe_run_id(nightly["run_id"]))
-        summary = storage.read_json(storage.join(run_root, "summary.json"))
-        sheet_local = None
-        sheet = summary["contact_sheet"] or local_default.latest_contact_sheet(settings.output_uri)
-        if sheet:
-            sheet_local = root / "airflow-run" / "contact_sheet.png"
-            sheet_local.parent.mkdir(parents=True, exist_ok=True)
-            sheet_local.write_bytes(storage.read_bytes(sheet))
-        c = summary["counts"]
-        _say(f"nightly: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed")
+        rows, counts, summary_uri = _nightly_results(settings.output_uri, nightly, root)
         rows = {
             "model version": pointer["version"] if pointer else "(none promoted)",
-            "stylized": storage.join(settings.output_uri, "stylized"),
-            "reconstructed": storage.join(settings.output_uri, "reconstructed"),
-            "run summary": summary["summary"],
-            "contact sheet": str(sheet_local) if sheet_local else "(none yet)",
+            **rows,
             "Airflow home": env["AIRFLOW_HOME"],
         }
         for label, value in rows.items():
@@ -167,8 +170,55 @@ def run(root: Path) -> int:
             "these s3:// URIs again; `make airflow` shows the runs in the Airflow UI.",
             file=sys.stderr,
         )
-        print(json.dumps({"counts": c, "summary": summary["summary"], **rows}))
+        # The last stdout line: what this run did, for scripts (CI checks a rerun did nothing).
+        print(
+            json.dumps({"retrained": retrained, "counts": counts, "summary": summary_uri, **rows})
+        )
     return 0
+
+
+def _ensure_model(model_store: str, conf: dict | None) -> tuple[dict | None, bool]:
+    """The promoted version, after running cyclegan_retrain when there is none; and whether
+    it ran."""
+    from cyclegan_common import safe_run_id
+
+    from cyclegan_jobs import registry, storage
+
+    pointer = registry.promoted(model_store)
+    if pointer is not None:
+        _say(f"model: {pointer['version']} already promoted; cyclegan_retrain not needed")
+        return pointer, False
+    retrain = _run_dag("cyclegan_retrain", conf)
+    uri = storage.join(model_store, "runs", safe_run_id(retrain["run_id"]), "retrain.json")
+    _say(f"retrain: {storage.read_json(uri)['outcome']}")
+    return registry.promoted(model_store), True  # None if the gate refused
+
+
+def _nightly_results(output_uri: str, nightly: dict, root: Path) -> tuple[dict, dict, str]:
+    """Where the nightly run put its results (the contact sheet copied to <root>/airflow-run),
+    its counts and its summary's URI."""
+    from cyclegan_common import safe_run_id
+
+    from cyclegan_jobs import storage
+    from cyclegan_local import local_default
+
+    run_root = storage.join(output_uri, "_runs", safe_run_id(nightly["run_id"]))
+    summary = storage.read_json(storage.join(run_root, "summary.json"))
+    sheet_local = None
+    sheet = summary["contact_sheet"] or local_default.latest_contact_sheet(output_uri)
+    if sheet:
+        sheet_local = root / "airflow-run" / "contact_sheet.png"
+        sheet_local.parent.mkdir(parents=True, exist_ok=True)
+        sheet_local.write_bytes(storage.read_bytes(sheet))
+    c = summary["counts"]
+    _say(f"nightly: {c['ok']} translated, {c['skipped']} skipped, {c['failed']} failed")
+    rows = {
+        "stylized": storage.join(output_uri, "stylized"),
+        "reconstructed": storage.join(output_uri, "reconstructed"),
+        "run summary": summary["summary"],
+        "contact sheet": str(sheet_local) if sheet_local else "(none yet)",
+    }
+    return rows, c, summary["summary"]
 
 
 def standalone(root: Path, port: int) -> int:
@@ -240,6 +290,22 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _dag_test_command(dag_id: str, conf: str, home: str | None) -> int:
+    """`dag-test`: print one `dag.test()`'s result as JSON; 2 for Params the DAG refuses."""
+    home = home or os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+    os.environ["AIRFLOW_HOME"] = home
+    for name, value in airflow_config(Path(home)).items():  # before Airflow is imported
+        os.environ.setdefault(name, value)
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    try:
+        print(json.dumps(dag_test(dag_id, json.loads(conf))), flush=True)
+    except ParamValidationError as err:
+        _say(f"invalid params, no run: {err}")
+        return 2
+    return 0
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -251,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--root", default="var", help="folder for all local data (git-ignored)")
     sub.choices["standalone"].add_argument("--port", type=int, default=8080)
+    sub.choices["run"].add_argument(
+        "--retrain-conf", default="{}", help="JSON object of Params for cyclegan_retrain"
+    )
     t = sub.add_parser("dag-test")
     t.add_argument("dag_id")
     t.add_argument("--conf", default="{}", help="JSON object of Params")
@@ -259,23 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler, `timeout`) unwinds like Ctrl-C, so servers are stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.command in ("run", "standalone"):
+            reaper.guard()  # whatever ends this process, nothing it starts is left behind
         if args.command == "run":
-            return run(Path(args.root))
+            return run(Path(args.root), json.loads(args.retrain_conf))
         if args.command == "standalone":
             return standalone(Path(args.root), args.port)
-        if args.home:
-            os.environ["AIRFLOW_HOME"] = args.home
-        os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
-        os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
-        os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        from airflow.sdk.definitions.param import ParamValidationError
-
-        try:
-            print(json.dumps(dag_test(args.dag_id, json.loads(args.conf))))
-        except ParamValidationError as err:
-            _say(f"invalid params, no run: {err}")
-            return 2
-        return 0
+        return _dag_test_command(args.dag_id, args.conf, args.home)
     except KeyboardInterrupt:
         _say("interrupted; run it again to continue where it stopped")
         return 130

@@ -149,18 +149,27 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def descendant_groups(pid: int) -> dict[int, set[int]]:
-    """The process groups of `pid`'s descendants (not its own group): pgid -> member pids."""
-    table = _process_table()
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
+    for child, (parent, _) in _process_table().items():
         children.setdefault(parent, []).append(child)
-    groups: dict[int, set[int]] = {}
+    found: set[int] = set()
     todo = list(children.get(pid, []))
     while todo:
         current = todo.pop()
-        groups.setdefault(table[current][1], set()).add(current)
+        found.add(current)
         todo += children.get(current, [])
+    return found
+
+
+def descendant_groups(pid: int) -> dict[int, set[int]]:
+    """The process groups of `pid`'s descendants (not its own group): pgid -> member pids."""
+    table = _process_table()
+    groups: dict[int, set[int]] = {}
+    for member in descendants(pid):
+        if member in table:
+            groups.setdefault(table[member][1], set()).add(member)
     groups.pop(table.get(pid, (0, pid))[1], None)
     return groups
 

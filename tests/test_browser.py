@@ -13,7 +13,10 @@ Every wait polls a condition with a deadline; everything started is stopped by p
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +30,7 @@ from browser_helpers import (
     Stack,
     button,
     cron_hours_ago,
+    descendants,
     dialog,
     displayed,
     field_row,
@@ -44,6 +48,9 @@ from browser_helpers import (
     until,
     wait_for,
 )
+from helpers import process_alive
+
+from cyclegan_local import reaper
 
 pytestmark = pytest.mark.slow
 
@@ -491,3 +498,32 @@ def test_8_nightly_contact_sheet(e2e: E2E) -> None:
             if str(line.get("level", "")).upper() in BAD_LEVELS
         ]
         assert not bad, f"the nightly's task logs have WARNING/ERROR lines: {bad}"
+
+
+def test_9_sigkill_of_the_launcher_leaves_nothing(e2e: E2E) -> None:
+    """`make airflow` killed with SIGKILL (an impatient second Ctrl-C, kill -9): airflow
+    standalone's ~20 processes and the S3 server stop with it, and the UI's port is free."""
+    launcher = e2e.stack.proc
+    started = descendants(launcher.pid)
+    assert len(started) >= 5, "airflow standalone's components and SeaweedFS were running"
+    with e2e.step("9 SIGKILL, all gone"):
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone, as a terminal would
+        launcher.wait()
+        deadline = time.monotonic() + reaper.GRACE_S + 30
+        while (left := sorted(p for p in started if process_alive(p))) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+    assert not left, f"still running after the launcher's SIGKILL: {_cmdlines(left)}"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", e2e.stack.port), timeout=5).close()
+
+
+def _cmdlines(pids: list[int]) -> dict[int, str]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            out[pid] = "(gone)"
+    return out
