@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run airflow test lint format bench stack-test clean
+.PHONY: install run airflow test browser lint format bench stack-test clean
 
 install: $(STAMP)
 
@@ -38,9 +38,13 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Two workers (pytest-xdist), each test file on one of them: its module fixtures (a trained
-# model, an Airflow stack) are built once. 15-17 minutes on 2 cores, browser test included.
-test: lint
+# model, an Airflow stack) are built once. The browser test's chromium comes first (see
+# scripts/ensure_browser.sh: installed when root with apt-get, otherwise stop and say so).
+test: browser lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
+
+browser:
+	@scripts/ensure_browser.sh
 
 format: install
 	$(BIN)/ruff check --fix .
