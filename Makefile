@@ -38,10 +38,11 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Two workers (pytest-xdist), each test file on one of them: its module fixtures (a trained
-# model, an Airflow stack) are built once. The browser test's chromium comes first (see
-# scripts/ensure_browser.sh: installed when root with apt-get, otherwise stop and say so).
+# model, an Airflow stack) are built once; the longest files first (tests/conftest.py). Before
+# anything, the browser test's chromium: scripts/ensure_browser.sh installs it when root with
+# apt-get, otherwise stops and says what to install.
 test: browser lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 browser:
 	@scripts/ensure_browser.sh

@@ -4,15 +4,19 @@
 children (scheduler, DAG processor, API server, task processes; some start sessions of their
 own). A launcher that is killed with SIGKILL (an impatient second Ctrl-C, `kill -9`, an OOM
 kill) runs no cleanup code, and its descendants would be re-parented to init and keep their
-ports for hours. So, before it starts anything, the launcher calls `guard()`:
+ports for hours. So, before it starts anything, the launcher calls `guard()`, which starts a
+watcher (this module, in a session of its own, deaf to Ctrl-C and SIGTERM):
 
-- a random token goes into the launcher's environment (`CYCLEGAN_LOCAL_SESSION`), so every
-  process it starts from then on, and their children, carry it (`/proc/<pid>/environ` keeps
-  the environment a process was started with, whatever session or parent it has later);
-- a watcher process (this module, in a session of its own, deaf to Ctrl-C) blocks on a pipe
-  whose only writer is the launcher. The kernel closes that end when the launcher exits, by any
-  means, so the read returns: the watcher then sends SIGTERM to every process that carries the
-  token, waits up to `GRACE_S`, sends SIGKILL to what is left, and exits.
+- the watcher blocks on a pipe whose only writer is the launcher; the kernel closes that end
+  when the launcher exits, by any means, and the read returns;
+- meanwhile it notes the launcher's descendants once a second (pid and start time, so a reused
+  pid is not mistaken for one of them): once the launcher is gone, its children belong to init
+  and the process tree no longer leads to them;
+- a random token in the launcher's environment (`CYCLEGAN_LOCAL_SESSION`) marks every process
+  it starts, and their children, too (a process that rewrites its title, as Airflow's API server
+  does, loses it: hence the notes above);
+- when the launcher is gone: SIGTERM to every noted or marked process and their descendants,
+  again for any that appear, up to `GRACE_S`; SIGKILL to what is left.
 
 After a clean exit the launcher has stopped everything itself and the watcher finds nothing.
 Linux only (it reads /proc), like the local stack.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +35,7 @@ from pathlib import Path
 
 MARKER = "CYCLEGAN_LOCAL_SESSION"
 GRACE_S = 15.0  # SIGTERM first: SeaweedFS and Airflow flush their state on it
+POLL_S = 1.0  # how often the watcher notes the launcher's descendants
 _KEEP: list[int] = []  # the pipe's write end, held for the life of the launcher
 
 
@@ -38,8 +44,9 @@ def guard(grace: float = GRACE_S) -> str:
     token = secrets.token_hex(12)
     read_end, write_end = os.pipe()  # both non-inheritable: no other child holds the writer
     watcher_env = {k: v for k, v in os.environ.items() if k != MARKER}
+    args = [token, str(read_end), str(grace), str(os.getpid())]
     subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), token, str(read_end), str(grace)],
+        [sys.executable, str(Path(__file__).resolve()), *args],
         pass_fds=(read_end,),
         env=watcher_env,
         stdin=subprocess.DEVNULL,
@@ -49,6 +56,36 @@ def guard(grace: float = GRACE_S) -> str:
     _KEEP.append(write_end)  # open until this process exits: then the watcher reads EOF
     os.environ[MARKER] = token
     return token
+
+
+def _table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every live process (zombies left out)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    """`roots` and every live process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [r for r in roots if r in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
 
 
 def marked(token: str) -> list[int]:
@@ -67,7 +104,18 @@ def marked(token: str) -> list[int]:
     return found
 
 
-def _signal_all(pids: list[int], signum: int) -> None:
+def _targets(token: str, noted: dict[int, str]) -> dict[int, str]:
+    """What to stop: the noted processes still running (same start time), the marked ones,
+    and everything below them; also noted, since their parents may be gone next time."""
+    table = _table()
+    roots = {pid for pid, start in noted.items() if table.get(pid, (0, ""))[1] == start}
+    roots.update(marked(token))
+    found = descendants(roots, table) - {os.getpid(), 1}
+    noted.update({pid: table[pid][1] for pid in found})
+    return {pid: table[pid][1] for pid in found}
+
+
+def _signal_all(pids: set[int], signum: int) -> None:
     for pid in pids:
         try:
             os.kill(pid, signum)
@@ -75,34 +123,40 @@ def _signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
-def stop_marked(token: str, grace: float = GRACE_S) -> int:
-    """SIGTERM every marked process (again for any that appear), SIGKILL what is left after
-    `grace` seconds; returns how many processes were found."""
-    seen: set[int] = set()
+def stop_all(token: str, noted: dict[int, str], grace: float = GRACE_S) -> int:
+    """SIGTERM every target (again for any that appear), SIGKILL what is left after `grace`
+    seconds; returns how many processes were stopped."""
+    signalled: set[int] = set()
     deadline = time.monotonic() + grace
-    while (pids := marked(token)) and time.monotonic() < deadline:
-        _signal_all([p for p in pids if p not in seen], signal.SIGTERM)
-        seen.update(pids)
+    while (targets := set(_targets(token, noted))) and time.monotonic() < deadline:
+        _signal_all(targets - signalled, signal.SIGTERM)
+        signalled |= targets
         time.sleep(0.2)
     for _ in range(50):  # a dying parent may still fork; a few rounds catch its children
-        if not (pids := marked(token)):
+        if not (targets := set(_targets(token, noted))):
             break
-        seen.update(pids)
-        _signal_all(pids, signal.SIGKILL)
+        signalled |= targets
+        _signal_all(targets, signal.SIGKILL)
         time.sleep(0.1)
-    return len(seen)
+    return len(signalled)
 
 
-def _watch(token: str, read_end: int, grace: float) -> None:
+def _watch(token: str, read_end: int, grace: float, launcher: int) -> None:
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    while os.read(read_end, 1):  # nobody writes: this returns b"" when the launcher is gone
-        pass
-    left = stop_marked(token, grace)
-    if left:
+    noted: dict[int, str] = {}
+    while True:
+        ready, _, _ = select.select([read_end], [], [], POLL_S)
+        if ready and not os.read(read_end, 1):  # nobody writes: b"" once the launcher is gone
+            break
+        table = _table()
+        below = descendants({launcher}, table) - {launcher, os.getpid()}
+        noted.update({pid: table[pid][1] for pid in below})
+    stopped = stop_all(token, noted, grace)
+    if stopped:
         try:
             print(
-                f"[reaper] the launcher is gone; stopped {left} process(es) it had started",
+                f"[reaper] the launcher is gone; stopped {stopped} process(es) it had started",
                 file=sys.stderr,
                 flush=True,
             )
@@ -111,4 +165,4 @@ def _watch(token: str, read_end: int, grace: float) -> None:
 
 
 if __name__ == "__main__":
-    _watch(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    _watch(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))

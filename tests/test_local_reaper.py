@@ -15,8 +15,9 @@ from helpers import process_alive
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 2.0
 # A launcher like `make airflow`'s: guard() first, then children of every kind that escapes a
-# kill of the launcher's process group: one in its own session (as SeaweedFS and `airflow
-# standalone` are), one re-parented to init (its parent exited), one that ignores SIGTERM.
+# kill of the launcher's process group: in its own session (as SeaweedFS and `airflow
+# standalone` are), re-parented to init (its parent exited), ignoring SIGTERM, and one without the
+# launcher's environment (as a process that rewrites its title looks from /proc).
 LAUNCHER = textwrap.dedent(
     f"""
     import subprocess, sys, time
@@ -28,9 +29,11 @@ LAUNCHER = textwrap.dedent(
         subprocess.Popen(["sleep", "300"]),
         subprocess.Popen(["sleep", "300"], start_new_session=True),
         subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True),
+        subprocess.Popen(["sleep", "300"], env={{}}, start_new_session=True),  # no marker
     ]
     orphan = subprocess.run(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"],
                             capture_output=True, text=True, check=True).stdout.strip()
+    time.sleep(3 * reaper.POLL_S)  # the watcher has noted the children by now
     print(token, *(k.pid for k in kids), orphan, flush=True)
     time.sleep(300)
     """
@@ -45,7 +48,7 @@ def _start_launcher(tmp_path: Path) -> tuple[subprocess.Popen, str, list[int]]:
     )
     token, *pids = proc.stdout.readline().split()
     pids = [int(p) for p in pids]
-    assert len(pids) == 4 and all(process_alive(p) for p in pids)
+    assert len(pids) == 5 and all(process_alive(p) for p in pids)
     return proc, token, pids
 
 
@@ -84,7 +87,7 @@ def test_without_the_watcher_the_same_children_outlive_the_launcher(tmp_path: Pa
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(1)
-        own_sessions = pids[1:3]  # the orphan is still in the group: the kill reached it
+        own_sessions = pids[1:4]  # the orphan is still in the group: the kill reached it
         assert [p for p in own_sessions if process_alive(p)] == own_sessions, (
             "they escape a group kill"
         )

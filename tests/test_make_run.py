@@ -52,6 +52,7 @@ def test_make_run_twice_in_a_clean_environment(tmp_path: Path) -> None:
 
     second, log = _make_run(root, home)
     assert "cyclegan_retrain not needed" in log
+    assert "metadata DB and pool cyclegan_gpu already prepared" in log
     assert second["retrained"] is False
     assert second["model version"] == first["model version"]
     assert second["counts"] == {**counts, "ok": 0, "skipped": 32}
