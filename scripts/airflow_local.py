@@ -8,8 +8,9 @@ run:        starts the local S3 server (SeaweedFS, data in <root>/s3), creates t
             sample data when missing, prepares an Airflow home in <root>/airflow (SQLite
             metadata DB, the pool `cyclegan_gpu`, the `aws_default` connection to the local
             server), runs `cyclegan_retrain` when no version is promoted, then
-            `cyclegan_nightly_translate` (each with `dag.test()`: no scheduler needed) and
-            prints where the results and the contact sheet are. A second run skips everything.
+            `cyclegan_nightly_translate` (each `dag-test` in a child process: no scheduler
+            needed) and prints where the results and the contact sheet are, the last stdout
+            line as JSON. A second run skips everything.
 standalone: the same preparation, then `airflow standalone` (scheduler, DAG processor, API
             server and UI) until Ctrl-C; prints the UI address and the login.
 dag-test:   one `dag.test()` with a JSON conf against whatever S3 the environment names
@@ -17,6 +18,9 @@ dag-test:   one `dag.test()` with a JSON conf against whatever S3 the environmen
 
 The connection is given to Airflow as the environment variable AIRFLOW_CONN_AWS_DEFAULT, built
 here from the local server's address and its local-only keys; nothing is written to the repo.
+Airflow reads its settings when first imported, so `airflow_config` goes into the environment
+before anything here imports it. run and standalone start `cyclegan_local.reaper` first: if this
+process dies, even by SIGKILL, what it started is stopped.
 """
 
 from __future__ import annotations

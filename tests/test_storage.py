@@ -176,7 +176,16 @@ def test_local_upload_download_and_delete(tmp_path: Path) -> None:
 # --- client configuration ----------------------------------------------------------------------
 
 
-def test_client_configuration(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool size a fresh process starts with: an earlier test file in the same pytest-xdist
+    worker may have grown it (ensure_pool is process-wide by design)."""
+    monkeypatch.setattr(storage, "_pool_size", 2 * storage.MAX_WORKERS)
+
+
+def test_client_configuration(
+    aws_env: None, default_pool: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     try:
         storage.configure(endpoint_url="http://127.0.0.1:1")
         client = storage.get_client()
@@ -425,7 +434,9 @@ def test_local_paths_link_as_file_uris(tmp_path: Path) -> None:
     assert storage.presigned_url(str(tmp_path / "a.png")) == (tmp_path / "a.png").as_uri()
 
 
-def test_the_connection_pool_grows_to_the_threads_in_flight(aws_env: None) -> None:
+def test_the_connection_pool_grows_to_the_threads_in_flight(
+    aws_env: None, default_pool: None
+) -> None:
     storage.configure()
     try:
         before = storage.get_client()
