@@ -21,7 +21,8 @@ from .config import (
 
 log = logging.getLogger(__name__)
 
-# Exit codes: 0 ok, 1 the job failed (diverged, ...), 2 bad input or configuration.
+# Exit codes: 0 ok, 1 the job failed (diverged, too many inputs failed, its records not all
+# stored, ...), 2 bad input or configuration.
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
@@ -139,7 +140,8 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")
     x.add_argument("--scope", default="new", choices=SCOPES, help="new: skip done inputs; all: "
                    "also redo outputs of other model versions")  # fmt: skip
-    x.add_argument("--limit", type=_positive, default=None, help="at most N images this run")
+    x.add_argument("--limit", type=_positive, default=None, help="translate at most N images "
+                   "this run; the rest are in the manifest as pending")  # fmt: skip
     x.add_argument("--keys", default=None, help="a shard file from `plan`: translate only these")
     x.add_argument("--dry-run", action="store_true", help="list what would be done; no writes")
     x.add_argument("--max-failure-rate", type=float, default=0.1)
@@ -458,7 +460,12 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
         return EXIT_FAILED, None
     print(json.dumps(result, sort_keys=True, default=str))
     if args.result_file:
-        storage.write_bytes(args.result_file, json.dumps(result, default=str).encode("utf-8"))
+        try:
+            storage.write_bytes(args.result_file, json.dumps(result, default=str).encode("utf-8"))
+        except (storage.StorageError, OSError) as err:  # a pod's result is its XCom: say so
+            print(f"cyclegan-jobs {args.command}: error: cannot write the result file: "
+                  f"{str(err).splitlines()[0]}", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE, result
     if args.command == "gate" and not result["passed"]:
         reasons = "; ".join(result["reasons"])
         if args.exit_zero:  # a decision the caller acts on, not a failure
@@ -470,6 +477,12 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
         share, limit = result["failed_share"], result["max_failure_rate"]
         print(f"cyclegan-jobs {args.command}: failed: {share:.1%} of inputs failed "
               f"(max {limit:.1%})", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED, result
+    if args.command == "translate" and result.get("status") == "incomplete":
+        # The work is done but not all of its records are: not a success to build on.
+        missing, kept = result["records_error"], result["manifest_local"]
+        print(f"cyclegan-jobs translate: incomplete: the run's records were {missing} "
+              f"(the manifest is kept at {kept})", file=sys.stderr)  # fmt: skip
         return EXIT_FAILED, result
     return 0, result
 

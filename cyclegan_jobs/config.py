@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,5 +262,32 @@ class TranslateConfig:
             (self.stall_timeout > 0, "stall timeout must be > 0 seconds"),
         ]
         bad = [message for ok, message in problems if not ok]
+        overlap = _overlap(self.input, self.output)
+        if overlap:
+            bad.append(overlap)
         if bad:
             raise ConfigError("; ".join(bad))
+
+
+def _folder(uri: str) -> str:
+    """A prefix or path as a folder, for comparisons: an s3 URI with one trailing '/', a local
+    path absolute and resolved (symlinks, '..') with a trailing separator."""
+    if uri.startswith("s3://"):
+        return uri.rstrip("/") + "/"
+    return os.path.join(os.path.realpath(uri), "")
+
+
+def _overlap(input_uri: str, output_uri: str) -> str | None:
+    """Why an output cannot go with this input, or None. An output equal to the input, inside
+    it or containing it would mix the job's results (and its _runs/ and _ledger/) with the
+    images it lists: outputs taken for inputs, or inputs for outputs."""
+    inp, out = _folder(input_uri), _folder(output_uri)
+    if out == inp:
+        where = "is the input"
+    elif out.startswith(inp):
+        where = "is inside the input"
+    elif inp.startswith(out):
+        where = "contains the input"
+    else:
+        return None
+    return f"output {output_uri} {where} {input_uri}: choose an output outside the input"

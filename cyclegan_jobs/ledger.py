@@ -9,12 +9,17 @@ metadata), but reading it costs a HEAD per output. Instead, each run appends a l
      "outputs": {"stylized/people/a.png": "<output ETag>", ...}}
 
 A rerun lists the output folders (1,000 keys a request) and the ledger, and trusts a line only
-while every output it names still has the recorded ETag, so an output deleted or overwritten
-since (by hand, or by a run in the other direction) is not mistaken for done. Outputs with no
-trusted line (written by an older version of this job, or by a run killed before it wrote its
-segment) fall back to HEAD requests once; their provenance is then adopted into the new
-segment. After COMPACT_AFTER segments a run writes every trusted line into its own segment and
-deletes the segments it read, so the ledger stays a handful of objects.
+while every output it names in those folders still has the recorded ETag, so an output
+deleted or overwritten since (by hand, or by a run in the other direction) is not mistaken for
+done. Outputs with no trusted line (written by an older version of this job, or by a run killed
+before it wrote its segment) fall back to HEAD requests once; their provenance is then adopted
+into the new segment. A line that is not a whole ledger line (a field missing or of the wrong
+type) is ignored with a warning: it too only costs its input a HEAD.
+
+After COMPACT_AFTER segments a run writes every line it still trusts, whole, into its own
+segment (and any line about none of the folders it lists: a --no-reconstruct run cannot check
+reconstructions, the next full run does) and deletes the segments it read, so the ledger stays
+a handful of objects.
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ class ListingIndex(HeadIndex):
 
     def __init__(self, output: str, rule: Rule, roots: Iterable[str]):
         super().__init__(output, rule)
+        self.roots = tuple(roots)
         self.listed: dict[str, str] = {}  # "stylized/a.png" -> ETag
-        for root in roots:
+        for root in self.roots:
             for info in storage.list_objects(storage.join(output, root), missing_ok=True):
                 self.listed[f"{root}/{info.rel}"] = info.etag
         self.segments = [
@@ -104,11 +110,17 @@ class ListingIndex(HeadIndex):
                 storage.join(output, LEDGER_DIR), suffixes=(".jsonl",), missing_ok=True
             )
         ]
+        self.unreadable: set[str] = set()  # segments compaction must not delete
         self.trusted: dict[str, dict] = {}
+        # Lines about none of the outputs this run lists (another run's kind): kept as they are.
+        self.unverified: dict[str, dict] = {}
         for uri in self.segments:
-            for line in _read_segment(uri):
-                if self._current(line["outputs"]):
-                    self.trusted[line["key"]] = line
+            lines = _read_segment(uri)
+            if lines is None:
+                self.unreadable.add(uri)
+                continue
+            for line in lines:
+                self._consider(line)
         log.info(
             "ledger: %d output(s) listed, %d trusted entries in %d segment(s)",
             len(self.listed),
@@ -116,8 +128,23 @@ class ListingIndex(HeadIndex):
             len(self.segments),
         )
 
-    def _current(self, outputs: dict[str, str]) -> bool:
-        return bool(outputs) and all(self.listed.get(k) == v for k, v in outputs.items())
+    def _consider(self, line: dict) -> None:
+        """Trust a line while the outputs this run can see still have the recorded ETags.
+
+        Outputs under folders this run does not list (a full run's reconstructions, seen by a
+        --no-reconstruct run) can't be checked here: the next run that lists them does, so the
+        line is kept whole for it."""
+        seen = {k: v for k, v in line["outputs"].items() if k.split("/", 1)[0] in self.roots}
+        if not seen:
+            if line["key"] not in self.trusted:
+                self.unverified[line["key"]] = line
+        elif all(self.listed.get(k) == v for k, v in seen.items()):
+            self.trusted[line["key"]] = line
+            self.unverified.pop(line["key"], None)
+
+    def kept(self) -> list[dict]:
+        """The lines a compacted ledger carries on (besides this run's own)."""
+        return [*self.unverified.values(), *self.trusted.values()]
 
     def up_to_date(self, rel: str, etag: str, targets: list[str]) -> bool:
         if any(target not in self.listed for target in targets):
@@ -139,40 +166,65 @@ def entry(rel: str, etag: str, rule: Rule, outputs: dict[str, str]) -> dict:
     }
 
 
-def _read_segment(uri: str) -> list[dict]:
+def _valid(line: object) -> bool:
+    """Whether a parsed line has every field the up-to-date rule reads, of the right type."""
+    if not isinstance(line, dict):
+        return False
+    if not all(isinstance(line.get(k), str) for k in ("key", "etag", "model", "direction")):
+        return False
+    outputs = line.get("outputs")
+    return (
+        isinstance(outputs, dict)
+        and bool(outputs)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items())
+    )
+
+
+def _read_segment(uri: str) -> list[dict] | None:
+    """A segment's valid lines; None when it can't be read now (its inputs cost a HEAD)."""
     try:
         text = storage.read_bytes(uri).decode("utf-8", errors="replace")
     except storage.NotFoundError:  # compacted away by a concurrent run: its lines live on
         return []
-    lines = []
+    except storage.SystemicError:
+        raise
+    except storage.StorageError as err:  # one bad object must not stop every future run
+        log.warning("ledger: cannot read %s (%s); its inputs are checked again", uri, err)
+        return None
+    lines, damaged = [], 0
     for raw in text.splitlines():
+        if not raw.strip():
+            continue
         try:
             line = json.loads(raw)
-            if isinstance(line.get("key"), str) and isinstance(line.get("outputs"), dict):
-                lines.append(line)
-        except (ValueError, AttributeError):
-            continue  # a damaged line only costs a HEAD for that input
-    if len(lines) < len(text.splitlines()):
-        log.warning("ledger: ignored damaged lines in %s", uri)
+        except (ValueError, RecursionError):
+            line = None
+        if _valid(line):
+            lines.append(line)
+        else:  # a damaged line only costs a HEAD for that input
+            damaged += 1
+    if damaged:
+        log.warning("ledger: ignored %d damaged line(s) in %s", damaged, uri)
     return lines
 
 
 def write_segment(output: str, run_id: str, lines: list[dict], index: HeadIndex | None) -> None:
     """Store this run's ledger segment; compact the ledger when it has grown long."""
-    segments = index.segments if isinstance(index, ListingIndex) else []
-    compact = len(segments) >= COMPACT_AFTER
-    if compact:
-        lines = [*index.trusted.values(), *lines]  # type: ignore[union-attr]
+    listing = index if isinstance(index, ListingIndex) else None
+    compacted = listing if listing is not None and len(listing.segments) >= COMPACT_AFTER else None
+    if compacted is not None:
+        lines = [*compacted.kept(), *lines]
     if not lines:
         return
     mine = storage.join(output, LEDGER_DIR, f"{run_id}.jsonl")
     # A retried run (same id, e.g. an Airflow shard task) keeps what its first attempt wrote.
     keys = {line["key"] for line in lines}
-    lines = [line for line in _read_segment(mine) if line["key"] not in keys] + lines
+    lines = [line for line in _read_segment(mine) or [] if line["key"] not in keys] + lines
     body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode("utf-8")
     storage.write_bytes(mine, body, content_type="application/x-ndjson")
-    if compact:
-        for uri in segments:
-            if uri != mine:
+    if compacted is not None:
+        # An unreadable segment stays: its lines are not in the compacted one.
+        for uri in compacted.segments:
+            if uri != mine and uri not in compacted.unreadable:
                 storage.delete(uri)
-        log.info("ledger: compacted %d segment(s) into %s.jsonl", len(segments), run_id)
+        log.info("ledger: compacted %d segment(s) into %s.jsonl", len(compacted.segments), run_id)

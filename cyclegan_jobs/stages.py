@@ -100,14 +100,12 @@ def shard_of(rel: str, count: int) -> int:
 
 
 def sources(cfg: TranslateConfig) -> Iterator[storage.ObjectInfo]:
-    """The inputs of this run: the listing or a shard file, without the job's own outputs
-    (the output may live under the input prefix), only this shard's keys."""
+    """The inputs of this run: the listing or a shard file, only this shard's keys. (The output
+    is never under the input: TranslateConfig refuses that.)"""
     listing = _shard_file(cfg.keys, cfg.input) if cfg.keys else storage.list_objects(cfg.input)
-    out_prefix, in_prefix = cfg.output.rstrip("/") + "/", cfg.input.rstrip("/") + "/"
-    own = out_prefix[len(in_prefix) :] if out_prefix.startswith(in_prefix) else None
     index, count = cfg.shard
     for info in listing:
-        if (own is None or not info.rel.startswith(own)) and shard_of(info.rel, count) == index:
+        if shard_of(info.rel, count) == index:
             yield info
 
 

@@ -152,9 +152,10 @@ def _build_client(endpoint_url: str | None, credentials: dict | None = None) -> 
         endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     )
     config = Config(
-        # Enough retries for throttling (503 SlowDown) while a dead endpoint fails in seconds;
-        # a stalled one is cut by the jobs' own stall deadline.
-        retries={"max_attempts": 6, "mode": "standard"},
+        # MAX_ATTEMPTS tries in all (botocore's max_attempts counts retries); throttling gets
+        # more, per request: see _retry_per_request. A stalled endpoint is cut by the jobs' own
+        # stall deadline.
+        retries={"max_attempts": MAX_ATTEMPTS - 1, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=_pool_size,
@@ -164,9 +165,79 @@ def _build_client(endpoint_url: str | None, credentials: dict | None = None) -> 
         s3={"addressing_style": "path"} if effective else None,
     )
     # A private session: the boto3 default session is not safe to create from several threads.
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=endpoint_url, config=config, **(credentials or {})
     )
+    _retry_per_request(client)
+    return client
+
+
+# Tries per request. Transient errors and unreachable endpoints: botocore's standard backoff
+# starts at 50 ms for them, so a dead endpoint fails in about 2 s (at most 3.2 s of sleeps).
+MAX_ATTEMPTS = 7
+# Throttling (503 SlowDown and the like): the server is up and asks us to wait. The backoff
+# starts at 1 s and is capped at 20 s a wait: a request throttled on every try gives up after
+# about 1 min (111 s at most, under the 120 s stall deadline); under 40 % SlowDown one request
+# in 10,000 does (0.4**10).
+THROTTLED_MAX_ATTEMPTS = 10
+
+
+class _RetryConditions:
+    """botocore's standard retry conditions, with more tries for throttling responses."""
+
+    def __init__(self, throttling: Any) -> None:
+        from botocore.retries import standard
+
+        self._throttling = throttling
+        self._throttled = standard.StandardRetryConditions(THROTTLED_MAX_ATTEMPTS)
+        self._other = standard.StandardRetryConditions(MAX_ATTEMPTS)
+
+    def is_retryable(self, context: Any) -> bool:
+        throttled = self._throttling.is_throttling_error_from_context(context)
+        return (self._throttled if throttled else self._other).is_retryable(context)
+
+
+class _NoSharedQuota:
+    """Stands in for botocore's RetryQuota: every retry the conditions allow may go ahead."""
+
+    def acquire_retry_quota(self, context: Any) -> bool:
+        return True
+
+
+def _retry_per_request(client: Any) -> None:
+    """Give the client standard-mode retries budgeted per request.
+
+    botocore's standard mode takes every retry from one RetryQuota per client (5 units a
+    throttled retry, 1 back per request that needed none): under sustained throttling (40 % of
+    requests answered 503 SlowDown) it runs dry after a few hundred requests, and from then on
+    every 503 fails at once (RetryQuotaReached) for the rest of the run. Adaptive mode uses
+    the same quota, and its client-side rate limiter cut the send rate to about one request a
+    second under throttling that does not ease when the client slows down. Legacy mode has no
+    quota but backs off from 1 s on every error: a dead endpoint took 33 s per request instead
+    of 2. So this keeps the standard mode's conditions and backoff and replaces only the
+    quota: each request is bounded by its own tries (MAX_ATTEMPTS, THROTTLED_MAX_ATTEMPTS).
+    """
+    from botocore.retries import standard
+
+    name = client.meta.service_model.service_id.hyphenize()
+    adapter = standard.RetryEventAdapter()
+    throttling = standard.ThrottlingErrorDetector(adapter)
+    handler = standard.RetryHandler(
+        retry_policy=standard.RetryPolicy(
+            retry_checker=_RetryConditions(throttling),
+            retry_backoff=standard.ExponentialBackoff(
+                service_name=name, throttling_detector=throttling
+            ),
+        ),
+        retry_event_adapter=adapter,
+        retry_quota=_NoSharedQuota(),
+        service_name=name,
+    )
+    # The same event and unique id as botocore's own handler (standard.register_retry_handler),
+    # which registering ours under that id would otherwise keep in place.
+    unique_id = f"retry-config-{name}"
+    client.meta.events.unregister(f"needs-retry.{name}", unique_id=unique_id)
+    client.meta.events.register(f"needs-retry.{name}", handler.needs_retry, unique_id=unique_id)
 
 
 # The longest a SigV4 presigned URL may live.

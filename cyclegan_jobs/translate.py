@@ -3,8 +3,10 @@
     sources -> triage -> load -> batch (tf.data) -> infer -> store -> finish
 
 The stages live in stages.py; this module runs them and keeps the run's records:
-<output>/_runs/<run_id>/run.json (written first: it proves the output is writable),
-manifest.jsonl (every input, exactly once), contact_sheet.png, and summary.json, written last.
+<output>/_runs/<run_id>/run.json (written first: it proves the output is writable), and at the
+end, each on its own, the ledger segment (ledger.py), manifest.jsonl (every input, exactly
+once), contact_sheet.png and summary.json, last. A run whose records are not all stored ends
+"incomplete" (the CLI exits 1), never "ok".
 Memory stays bounded: decoded pixels in flight are capped (`pixel_budget`) and at most a few
 batches of small images are queued, whatever the input count or size.
 """
@@ -19,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Records still go up after a failure, but not forever if the store itself is what failed.
 _RECORDS_TIMEOUT_S = 30.0
+# The reason of inputs a --limit run leaves for later (status "pending", as in a dry run).
+OVER_LIMIT = "over --limit"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -158,10 +162,11 @@ def _resolve_model(model: str) -> tuple[str, ModelConfig]:
         version_uri = registry.resolve(model)
         config_uri = storage.join(version_uri, registry.CONFIG_FILE)
         config = storage.read_json(config_uri)
-        return version_uri, model_config_from_dict(config["model"])
     except (registry.RegistryError, storage.StorageError) as err:
         raise TranslateError(str(err)) from err
-    except (KeyError, TypeError, ValueError) as err:
+    try:
+        return version_uri, model_config_from_dict(config["model"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # any shape of damage
         raise TranslateError(f"{config_uri} is not a model config: {err!r}") from err
 
 
@@ -191,12 +196,23 @@ def _checked(infos: Iterator[storage.ObjectInfo], prefix: str) -> Iterator[stora
 
 
 def _triaged(triage: Triage, listing: Iterator[storage.ObjectInfo]) -> Iterator[Item]:
-    """The triage stage over the sources; its requests failing for good stop the run."""
+    """The triage stage over the sources."""
+    for info in listing:
+        yield _triage(triage, info)
+
+
+def _triage(triage: Triage, info: storage.ObjectInfo) -> Item:
+    """One input's triage. A check (HEAD) failing for good fails that input alone, as a failed
+    GET does, and a rerun checks it again; only a store that is unusable as a whole (or one
+    that stopped answering: the stall deadline) stops the run."""
     try:
-        for info in listing:
-            yield triage(info)
-    except storage.StorageError as err:
+        return triage(info)
+    except storage.SystemicError as err:
         raise Systemic(f"deciding what is up to date failed: {err}") from err
+    except storage.StorageError as err:
+        reason = f"could not check whether it is up to date: {str(err).splitlines()[0]}"
+        log.warning("%s: %s", info.rel, reason)
+        return Item(info).fail(reason)
 
 
 def _after(
@@ -236,14 +252,16 @@ class Feed:
         for item in self.items:
             if self.stopped:
                 return
+            if item.status == "ready" and limit is not None and ready >= limit:
+                # Still triaged and in the manifest: the summary counts the whole input.
+                item.status, item.reason = "pending", OVER_LIMIT
             if item.status != "ready":
                 self.run.record(item)
                 continue
-            if limit is not None and ready >= limit:
-                break
             ready += 1
             self.loaders.submit(item)
-            while self.loaders.pending >= self.window:
+            # At the limit the loaded ones go first: the rest only needs its manifest lines.
+            while self.loaders.pending >= self.window or (ready == limit and self.loaders.pending):
                 yield from self._take(self.loaders.next_result(self.run.clock))
         while self.loaders.pending and not self.stopped:
             yield from self._take(self.loaders.next_result(self.run.clock))
@@ -399,20 +417,22 @@ def _progress(run: Run, every_s: float = 5.0) -> None:
 
 
 def _finish(run: Run, error: str | None = None) -> dict[str, Any]:
-    """The run's records: manifest, contact sheet, ledger segment, then the summary, last."""
+    """The run's records: ledger segment, manifest, contact sheet, then the summary, last."""
     run.manifest.close()
     summary = _summary(run, error)
     if not run.cfg.dry_run:
         _write_records(run, summary, bounded=error is not None)
     c = summary["counts"]
-    message = "%s: %d translated, %d skipped, %d failed (%s images/s); model %s"
+    incomplete = summary["status"] == "incomplete"
+    word = "stopped" if error else ("done, records incomplete" if incomplete else "done")
     log.log(
-        logging.ERROR if error else logging.INFO,
-        message,
-        "stopped" if error else "done",
+        logging.ERROR if error or incomplete else logging.INFO,
+        "%s: %d translated, %d skipped, %d failed, %d pending (%s images/s); model %s",
+        word,
         c["ok"],
         c["skipped"],
         c["failed"],
+        c["pending"],
         summary["images_per_sec"],
         run.version,
     )
@@ -476,44 +496,101 @@ def _rate(run: Run, ok: int, work_s: float) -> float:
 
 def _write_records(run: Run, summary: dict[str, Any], bounded: bool) -> None:
     """Upload the records; after a systemic failure, give up after a while (the store may be
-    what failed) and say where the local copy of the manifest is."""
-    worker = threading.Thread(target=_upload_records, args=(run, summary), daemon=True)
+    what failed). A record not stored makes the run "incomplete": the summary names what is
+    missing and where the local copy of the manifest is, and names only records that exist."""
+    stored: dict[str, str] = {}  # filled by the uploader: summary key -> URI it wrote
+    missing: list[str] = []
+    worker = threading.Thread(
+        target=_upload_records, args=(run, summary, stored, missing), daemon=True
+    )
     worker.start()
     worker.join(min(_RECORDS_TIMEOUT_S, run.cfg.stall_timeout) if bounded else None)
-    if worker.is_alive() or summary.get("records_error"):
+    summary.update(dict(stored))  # a copy: an uploader given up on may still be writing
+    missing = list(missing)
+    if worker.is_alive():
+        missing.append("the rest (gave up waiting for the store)")
+    if missing:
+        _mark_incomplete(run, summary, missing)
         log.error(
-            "could not store the run's records (%s); the manifest is kept at %s",
-            summary.get("records_error", "timed out"),
+            "the run's records are incomplete: %s; the manifest is kept at %s",
+            summary["records_error"],
             run.manifest.path,
         )
-        summary["manifest_local"] = str(run.manifest.path)
 
 
-def _upload_records(run: Run, summary: dict[str, Any]) -> None:
+def _upload_records(
+    run: Run, summary: dict[str, Any], stored: dict[str, str], missing: list[str]
+) -> None:
+    """Each record on its own, so one that fails does not take the others with it (unless the
+    store itself is unusable: then the rest would only fail the same way, slowly). The ledger
+    segment goes first: the lines of what this run verified or wrote save the next run HEADs,
+    whatever happens to the manifest."""
     try:
-        manifest_uri = storage.join(run.run_root, "manifest.jsonl")
-        storage.write_bytes(
-            manifest_uri, run.manifest.path.read_bytes(), content_type="application/x-ndjson"
-        )
-        summary["manifest"] = manifest_uri
-        if run.sheet:
-            _write_contact_sheet(run, summary)
-        ledger.write_segment(run.cfg.output, run.run_id, run.done + run.index.adopted, run.index)
-        summary["summary"] = storage.join(run.run_root, "summary.json")
-        storage.write_json(summary["summary"], summary)
+        _upload_each(run, summary, stored, missing)
+    except storage.SystemicError:
+        missing.append("the rest (the store is unusable)")
+
+
+def _upload_each(
+    run: Run, summary: dict[str, Any], stored: dict[str, str], missing: list[str]
+) -> None:
+    lines = run.done + run.index.adopted
+    segment = partial(ledger.write_segment, run.cfg.output, run.run_id, lines, run.index)
+    _store("the ledger segment", segment, missing)
+    uri = storage.join(run.run_root, "manifest.jsonl")
+    manifest = partial(_upload_file, run.manifest.path, uri, "application/x-ndjson")
+    if _store("manifest.jsonl", manifest, missing):
+        stored["manifest"] = uri
+    if run.sheet:
+        uri = storage.join(run.run_root, "contact_sheet.png")
+        if _store("contact_sheet.png", partial(_write_contact_sheet, run, uri, stored), missing):
+            stored["contact_sheet"] = uri
+    uri = storage.join(run.run_root, "summary.json")
+    record = {**summary, **stored, "summary": uri}
+    if missing:  # the stored summary says so too
+        _mark_incomplete(run, record, missing)
+    if _store("summary.json", partial(storage.write_json, uri, record), missing):
+        stored["summary"] = uri
+
+
+def _upload_file(path: Path, uri: str, content_type: str) -> None:
+    storage.write_bytes(uri, path.read_bytes(), content_type=content_type)
+
+
+def _store(what: str, write: Callable[[], object], missing: list[str]) -> bool:
+    """write(); False, with `what` and why added to `missing`, when it failed (a SystemicError
+    is raised on, after that)."""
+    try:
+        write()
+    except storage.SystemicError as err:
+        missing.append(f"{what} ({str(err).splitlines()[0]})")
+        raise
     except (storage.StorageError, OSError) as err:
-        summary["records_error"] = str(err).splitlines()[0]
+        missing.append(f"{what} ({str(err).splitlines()[0]})")
+        return False
+    except Exception as err:  # a bug must not cost the other records: logged, with its trace
+        log.exception("storing %s", what)
+        missing.append(f"{what} ({type(err).__name__}: {err})")
+        return False
+    return True
 
 
-def _write_contact_sheet(run: Run, summary: dict[str, Any]) -> None:
+def _mark_incomplete(run: Run, summary: dict[str, Any], missing: list[str]) -> None:
+    """What was not stored, in the summary; a run that was otherwise ok is "incomplete"."""
+    if summary["status"] == "ok":
+        summary["status"] = "incomplete"
+    summary["records_error"] = "not stored: " + "; ".join(missing)
+    summary["manifest_local"] = str(run.manifest.path)
+
+
+def _write_contact_sheet(run: Run, uri: str, stored: dict[str, str]) -> None:
     size = run.model_cfg.image_size
     titles = ["input", "stylized", "reconstructed"][: len(run.sheet[0])]
     png = images.encode_png(images.sample_grid(run.sheet, col_titles=titles, cell=max(128, size)))
     local = run.work / "contact_sheet.png"
     local.write_bytes(png)
-    summary["contact_sheet"] = storage.join(run.run_root, "contact_sheet.png")
-    summary["contact_sheet_local"] = str(local)
-    storage.write_bytes(summary["contact_sheet"], png, content_type="image/png")
+    stored["contact_sheet_local"] = str(local)
+    storage.write_bytes(uri, png, content_type="image/png")
 
 
 # planned runs (the nightly DAG) -----------------------------------------------------------
@@ -535,7 +612,10 @@ def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"cyclegan-plan-{cfg.run_id}-") as work:
         run = _open_run(replace(cfg, work_dir=work))
         triage = Triage(cfg, run.index)
-        entries = [triage(info).record() for info in listing]
+        try:
+            entries = [_triage(triage, info).record() for info in listing]
+        except Systemic as err:
+            raise TranslateError(f"plan {cfg.run_id} stopped: {err}") from err
         run.manifest.close()
     pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]
     settled = [e for e in entries if e["status"] != "pending"]
@@ -579,31 +659,28 @@ def merge_runs(
     run_root = storage.join(output, "_runs", run_id)
     parts = [storage.join(run_root, "plan.jsonl")]
     parts += [storage.join(output, "_runs", r, "manifest.jsonl") for r in shard_run_ids]
-    entries: list[dict] = []
-    for uri in parts:
-        try:
-            text = storage.read_bytes(uri).decode("utf-8")
-        except storage.NotFoundError as err:
-            raise TranslateError(f"{uri} is missing: did that shard finish?") from err
-        entries += [json.loads(line) for line in text.splitlines() if line.strip()]
+    entries = [entry for uri in parts for entry in _read_manifest(uri)]
     counts = Counter(e["status"] for e in entries)
     ok, failed = counts["ok"], counts["failed"]
     share = failed_share(ok, failed, sum(e.get("reason") == UP_TO_DATE for e in entries))
     shard_summaries = [
-        storage.read_json(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
+        _read_shard_summary(storage.join(output, "_runs", r, "summary.json")) for r in shard_run_ids
     ]
-    sheets = [s["contact_sheet"] for s in shard_summaries if s.get("contact_sheet")]
+    sheets = _strings(shard_summaries, "contact_sheet")
     sheet = _merge_contact_sheets(sheets, storage.join(run_root, "contact_sheet.png"))
+    versions = _strings(shard_summaries, "model_version")
     summary = {
         "run_id": run_id,
         "status": "failed" if share > max_failure_rate else "ok",
         "shards": shard_run_ids,
-        "model_version": shard_summaries[0]["model_version"] if shard_summaries else None,
+        "model_version": versions[0] if versions else None,
         "counts": {"total": len(entries), "ok": ok, "skipped": counts["skipped"], "failed": failed},
         "failed_share": round(share, 4),
         "max_failure_rate": max_failure_rate,
         "failures": [  # the first few, to read in the summary; all are in the manifest
-            {"key": e["key"], "reason": e["reason"]} for e in entries if e["status"] == "failed"
+            {"key": e["key"], "reason": e.get("reason", "")}
+            for e in entries
+            if e["status"] == "failed"
         ][:100],
         "contact_sheet": sheet,
         "manifest": storage.join(run_root, "manifest.jsonl"),
@@ -625,6 +702,55 @@ def merge_runs(
     return summary
 
 
+def _read_manifest(uri: str) -> list[dict]:
+    """The lines of a plan.jsonl or a shard's manifest. Each counts in the merged summary, so a
+    damaged one is an error naming it (the step that wrote it, rerun, writes it again)."""
+    try:
+        text = storage.read_bytes(uri).decode("utf-8")
+    except storage.NotFoundError as err:
+        raise TranslateError(f"{uri} is missing: did that shard finish?") from err
+    except UnicodeDecodeError as err:
+        raise TranslateError(f"{uri} is damaged: not UTF-8 text ({err})") from err
+    entries = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except (ValueError, RecursionError):
+            entry = None
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) for k in ("key", "status")
+        ):
+            raise TranslateError(
+                f"{uri} is damaged at line {number}: not a manifest line "
+                '({"key": ..., "status": ...}); rerun the step that wrote it'
+            )
+        entries.append(entry)
+    return entries
+
+
+def _read_shard_summary(uri: str) -> dict:
+    """A shard's summary.json, for its model version and contact sheet only: a damaged one
+    costs those (with a warning), not the merge; a missing one means the shard did not end."""
+    try:
+        data = storage.read_bytes(uri)
+    except storage.NotFoundError as err:
+        raise TranslateError(f"{uri} is missing: did that shard finish?") from err
+    try:
+        summary = json.loads(data)
+    except (ValueError, RecursionError):
+        summary = None
+    if not isinstance(summary, dict):
+        log.warning("%s is damaged (not a JSON object); its contact sheet is left out", uri)
+        return {}
+    return summary
+
+
+def _strings(records: list[dict], key: str) -> list[str]:
+    return [r[key] for r in records if isinstance(r.get(key), str)]
+
+
 # A merged contact sheet shows the first shards' sheets, one under the other.
 MERGED_SHEET_SHARDS = 4
 
@@ -636,8 +762,11 @@ def _merge_contact_sheets(sheets: list[str], uri: str) -> str | None:
     for sheet in sheets[:MERGED_SHEET_SHARDS]:
         try:
             parts.append(images.decode_image(storage.read_bytes(sheet)))
-        except storage.NotFoundError:  # a picture is not worth failing the run for
-            log.warning("contact sheet %s is missing; left out of the run's sheet", sheet)
+        except storage.SystemicError:
+            raise
+        except (storage.StorageError, images.ImageDecodeError) as err:
+            # A picture is not worth failing the run for.
+            log.warning("contact sheet %s left out of the run's sheet: %s", sheet, err)
     if not parts:
         return None
     width = max(p.shape[1] for p in parts)

@@ -9,8 +9,11 @@ job, take results in completion order, with the stall deadline applied while wai
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -151,6 +154,7 @@ class _Results:
     def next_result(self, clock: StallClock) -> Any:
         """The next result; Stalled when nothing at all progressed for the deadline."""
         while True:
+            self.watch()
             try:
                 result = self.results.get(timeout=1.0)
             except queue.Empty:
@@ -160,6 +164,9 @@ class _Results:
             if isinstance(result, BaseException):  # a worker process died under the job
                 raise Systemic(f"worker process failed: {result!r}")
             return result
+
+    def watch(self) -> None:
+        """Raise Systemic when the workers can no longer deliver (threads always can)."""
 
 
 class Threads(_Results):
@@ -195,6 +202,12 @@ class Processes:
     The children get the S3 settings and the shared pixel budget when they start; `stage(fn)`
     gives a Threads-like view whose jobs run `fn` in a child. `close()` terminates the children,
     so one stuck in a stalled request cannot outlive the run.
+
+    A child that dies (the OOM killer, a crash in a decoder, kill -9) stops the run within
+    about a second, naming the input it held: the pool would replace it, but its job would
+    never answer, and a child killed inside the shared pixel budget or one of the pool's own
+    locks leaves them held for every other child. The children say which job they start
+    (`_started`), so the parent knows what a dead child held.
     """
 
     def __init__(self, count: int, budget_limit: int, start_timeout: float = 120.0):
@@ -205,8 +218,18 @@ class Processes:
             )
         context = multiprocessing.get_context("spawn")
         self.budget = PixelBudget(budget_limit, context)
+        self._started = context.SimpleQueue()  # (pid, ticket) from the children; 0: started
+        self._lock = threading.Lock()
+        self._holding: dict[int, int] = {}  # child pid -> the ticket it started last
+        self._jobs: dict[int, tuple[str, Any]] = {}  # ticket -> (stage, job), until answered
+        self._children: dict[int, Any] = {}  # pid -> Process, for the exit code of a dead one
+        self._tickets = itertools.count(1)
+        self._closed, self._watched = False, 0.0
+        threading.Thread(target=self._read_starts, name="feed-starts", daemon=True).start()
         self._pool = context.Pool(
-            count, initializer=_start_child, initargs=(storage.client_settings(), self.budget)
+            count,
+            initializer=_start_child,
+            initargs=(storage.client_settings(), self.budget, self._started),
         )
         # Wait until every child has started (imports take seconds): that is not a stall. A
         # child whose start failed would be replaced forever by the pool: stop instead.
@@ -217,43 +240,120 @@ class Processes:
         except multiprocessing.TimeoutError:
             failures = [f"not started within {start_timeout:g} s"]
         if failures:
-            self._pool.terminate()
+            self.close()
             raise Systemic(f"worker processes failed to start: {failures[0]}")
 
     def stage(self, fn: Callable[[Any], Any]) -> _ProcessStage:
-        return _ProcessStage(self._pool, fn)
+        return _ProcessStage(self, fn)
+
+    def submit(self, stage: _ProcessStage, job: Any) -> None:
+        """Run stage's function on `job` in a child; the answer goes to stage.results."""
+        ticket = next(self._tickets)
+        with self._lock:
+            self._jobs[ticket] = (stage.name, job)
+
+        def answer(result: Any) -> None:  # in the pool's result thread
+            with self._lock:
+                self._jobs.pop(ticket, None)
+            stage.results.put(result)
+
+        self._pool.apply_async(
+            _run_job, (stage.fn, ticket, job), callback=answer, error_callback=answer
+        )
+
+    def watch(self) -> None:
+        """Systemic when a child died (looked at once a second at most)."""
+        now = time.monotonic()
+        if self._closed or now - self._watched < 1.0:
+            return
+        self._watched = now
+        with self._lock:
+            self._children.update((p.pid, p) for p in multiprocessing.active_children())
+            for pid, ticket in self._holding.items():
+                child = self._children.get(pid)
+                if child is not None and child.exitcode is None:
+                    continue
+                job = self._jobs.get(ticket)
+                held = f"in {job[0]} of {_describe(job[1])}" if job else "between jobs"
+                raise Systemic(f"feed worker process {pid} died ({_exit_reason(child)}) {held}")
+
+    def _read_starts(self) -> None:
+        # Polled, not a blocking get(): close() can then end this thread.
+        while not self._closed:
+            try:
+                if self._started.empty():
+                    time.sleep(0.05)
+                    continue
+                pid, ticket = self._started.get()
+            except (OSError, EOFError):  # closed under us
+                return
+            with self._lock:
+                self._holding[pid] = ticket
 
     def close(self) -> None:
+        self._closed = True
         self._pool.terminate()
 
 
 class _ProcessStage(_Results):
-    def __init__(self, pool: Any, fn: Callable[[Any], Any]):
+    def __init__(self, owner: Processes, fn: Callable[[Any], Any]):
         super().__init__()
-        self._pool, self._fn = pool, fn
+        self._owner, self.fn = owner, fn
+        self.name = getattr(fn, "__name__", None) or getattr(
+            getattr(fn, "func", None), "__name__", type(fn).__name__.lower()
+        )
 
     def submit(self, job: Any) -> None:
         self.pending += 1
-        self._pool.apply_async(
-            self._fn, (job,), callback=self.results.put, error_callback=self.results.put
-        )
+        self._owner.submit(self, job)
+
+    def watch(self) -> None:
+        self._owner.watch()
 
     def close(self) -> None:
         """The pool is closed by its owner."""
 
 
+def _describe(job: Any) -> str:
+    """The input a stage's job is about: an Item, or a tuple that starts with one."""
+    item = job[0] if isinstance(job, tuple) and job else job
+    rel = getattr(getattr(item, "info", None), "rel", None)
+    return rel if isinstance(rel, str) else type(job).__name__
+
+
+def _exit_reason(child: Any) -> str:
+    code = getattr(child, "exitcode", None)
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 _child_budget: PixelBudget | None = None
 _child_error: str | None = None
+_child_started: Any = None
 
 
-def _start_child(client_settings: dict[str, Any], budget: PixelBudget) -> None:
+def _start_child(client_settings: dict[str, Any], budget: PixelBudget, started: Any) -> None:
     # Never raises: a failing initializer makes the pool respawn children forever.
-    global _child_budget, _child_error
+    global _child_budget, _child_error, _child_started
     try:
         storage.configure(**client_settings)
-        _child_budget = budget
+        _child_budget, _child_started = budget, started
+        started.put((os.getpid(), 0))  # watched from now on, even before its first job
     except Exception as err:  # reported by _ready, then the parent stops the run
         _child_error = f"{type(err).__name__}: {err}"
+
+
+def _run_job(fn: Callable[[Any], Any], ticket: int, job: Any) -> Any:
+    """A stage's job in a child, announced first: if this child dies, the parent knows what
+    it held."""
+    _child_started.put((os.getpid(), ticket))
+    return fn(job)
 
 
 def _ready(_: int) -> str | None:

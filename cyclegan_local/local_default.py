@@ -128,15 +128,16 @@ def run_local_default(
         sheet = _contact_sheet(summary, root)
     counts = summary["counts"]
     result = {
-        "status": summary.get("status", "ok"),  # "failed": too many inputs failed
+        # "failed": too many inputs failed; "incomplete": a record could not be stored
+        "status": summary.get("status", "ok"),
         "model_version": summary["model_version"],
         "trained": trained,
         "counts": counts,
         "input": INPUT,
         "stylized": summary["stylized"],
         "reconstructed": summary["reconstructed"],
-        "manifest": summary["manifest"],
-        "summary": summary["summary"],
+        "manifest": summary.get("manifest"),  # None when it could not be stored
+        "summary": summary.get("summary"),
         **sheet,
         "model_store": MODEL_STORE,
         "s3_data": str(server.data_dir),
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"failed: {err}")
         return 1
     print(json.dumps(result, sort_keys=True))
-    return 1 if result["status"] == "failed" else 0
+    return 0 if result["status"] == "ok" else 1
 
 
 if __name__ == "__main__":
