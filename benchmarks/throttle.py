@@ -34,10 +34,13 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The development tools (cyclegan_local) are imported from the repository, not installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.s3_error: the tests' fault injection
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from botocore.awsrequest import AWSResponse  # noqa: E402
+from helpers import s3_error  # noqa: E402
 from translate import KEYS, make_version, put_faces  # noqa: E402  (benchmarks/translate.py)
 
 from cyclegan_jobs import storage  # noqa: E402
@@ -63,18 +66,7 @@ class SlowDown:
             if self.random.random() >= self.share:
                 return None
             self.injected += 1
-        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
-        return AWSResponse(request.url, 503, {}, _Raw(body + b"</Error>"))
-
-
-class _Raw:
-    """The minimal urllib3-like raw response botocore reads an error body from."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, *args: object, **kwargs: object) -> list[bytes]:
-        return [self._body]
+        return s3_error(request, 503, "SlowDown")
 
 
 def f88ac07_client(endpoint_url: str, connections: int) -> Any:
