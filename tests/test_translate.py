@@ -212,8 +212,9 @@ def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path
 
 def test_systemic_errors_before_any_work(model_store, s3_server, s3_bucket, tmp_path, capsys):  # noqa: ANN001
     out = str(tmp_path / "out")
+    (tmp_path / "in").mkdir()  # beside the output: an output inside the input is refused
     with pytest.raises(TranslateError, match="no promoted version"):
-        translate(_cfg(str(tmp_path), out, str(tmp_path / "empty-store")))
+        translate(_cfg(str(tmp_path / "in"), out, str(tmp_path / "empty-store")))
     with pytest.raises(TranslateError, match="does not exist|NoSuchBucket"):
         translate(_cfg("s3://no-such-bucket-here/in", out, model_store))
     with pytest.raises(TranslateError, match="no such folder"):
