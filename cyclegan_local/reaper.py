@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 MARKER = "CYCLEGAN_LOCAL_SESSION"
 GRACE_S = 15.0  # SIGTERM first: SeaweedFS and Airflow flush their state on it
@@ -58,8 +59,14 @@ def guard(grace: float = GRACE_S) -> str:
     return token
 
 
-def _table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) of every live process (zombies left out)."""
+class Proc(NamedTuple):
+    parent: int
+    group: int
+    start: str  # clock ticks after boot: with the pid, names a process (pids are reused)
+
+
+def process_table() -> dict[int, Proc]:
+    """pid -> parent, process group and start time of every live process (zombies left out)."""
     table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -70,15 +77,15 @@ def _table() -> dict[int, tuple[int, str]]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), fields[19])
+            table[int(entry.name)] = Proc(int(fields[1]), int(fields[2]), fields[19])
     return table
 
 
-def descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+def descendants(roots: set[int], table: dict[int, Proc]) -> set[int]:
     """`roots` and every live process below them."""
     children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
+    for pid, proc in table.items():
+        children.setdefault(proc.parent, []).append(pid)
     found, todo = set(), [r for r in roots if r in table]
     while todo:
         pid = todo.pop()
@@ -107,12 +114,12 @@ def marked(token: str) -> list[int]:
 def _targets(token: str, noted: dict[int, str]) -> dict[int, str]:
     """What to stop: the noted processes still running (same start time), the marked ones,
     and everything below them; also noted, since their parents may be gone next time."""
-    table = _table()
-    roots = {pid for pid, start in noted.items() if table.get(pid, (0, ""))[1] == start}
+    table = process_table()
+    roots = {pid for pid, start in noted.items() if pid in table and table[pid].start == start}
     roots.update(marked(token))
     found = descendants(roots, table) - {os.getpid(), 1}
-    noted.update({pid: table[pid][1] for pid in found})
-    return {pid: table[pid][1] for pid in found}
+    noted.update({pid: table[pid].start for pid in found})
+    return {pid: table[pid].start for pid in found}
 
 
 def _signal_all(pids: set[int], signum: int) -> None:
@@ -149,9 +156,9 @@ def _watch(token: str, read_end: int, grace: float, launcher: int) -> None:
         ready, _, _ = select.select([read_end], [], [], POLL_S)
         if ready and not os.read(read_end, 1):  # nobody writes: b"" once the launcher is gone
             break
-        table = _table()
+        table = process_table()
         below = descendants({launcher}, table) - {launcher, os.getpid()}
-        noted.update({pid: table[pid][1] for pid in below})
+        noted.update({pid: table[pid].start for pid in below})
     stopped = stop_all(token, noted, grace)
     if stopped:
         try:

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import pytest
 from helpers import free_port
 
+from cyclegan_local import reaper
+
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "var" / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -135,32 +137,13 @@ class Api:
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process we can see (Linux /proc)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
+    """pid -> (parent pid, process group) of every live process (Linux /proc)."""
+    return {pid: (proc.parent, proc.group) for pid, proc in reaper.process_table().items()}
 
 
 def descendants(pid: int) -> set[int]:
     """Every live descendant of `pid` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in _process_table().items():
-        children.setdefault(parent, []).append(child)
-    found: set[int] = set()
-    todo = list(children.get(pid, []))
-    while todo:
-        current = todo.pop()
-        found.add(current)
-        todo += children.get(current, [])
-    return found
+    return reaper.descendants({pid}, reaper.process_table()) - {pid}
 
 
 def descendant_groups(pid: int) -> dict[int, set[int]]:

@@ -17,7 +17,6 @@ is "for good" at once); random-weight tiny generators at 32 px.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -29,7 +28,6 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from helpers import random_version
-from PIL import Image
 
 from cyclegan_jobs import cli, images, ledger, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
@@ -52,9 +50,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _put_faces(prefix: str, n: int) -> list[str]:
     rels = [f"face_{i}.jpg" for i in range(n)]
     for rel, face in zip(rels, synthetic_faces(n, SIZE, seed=11), strict=True):
-        buffer = io.BytesIO()
-        Image.fromarray(face).save(buffer, format="JPEG")
-        storage.write_bytes(storage.join(prefix, rel), buffer.getvalue())
+        storage.write_bytes(storage.join(prefix, rel), images.encode_jpeg(face))
     return rels
 
 

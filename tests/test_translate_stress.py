@@ -14,7 +14,6 @@ output that overlaps its input.
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import os
 import random
@@ -28,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import botocore.endpoint
-import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
 from helpers import StallingProxy, free_port, random_version, s3_error
-from PIL import Image
 
-from cyclegan_jobs import storage
+from cyclegan_jobs import images, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import ConfigError, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
@@ -175,12 +172,6 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return store
 
 
-def _jpeg(picture: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -195,7 +186,7 @@ def test_a_killed_feed_worker_stops_the_run_within_seconds(
     inp = f"{s3_bucket}/in"
     rels = [f"people/face_{i:03d}.jpg" for i in range(12)]
     for rel, face in zip(rels, synthetic_faces(len(rels), SIZE, seed=7), strict=True):
-        storage.write_bytes(storage.join(inp, rel), _jpeg(face))
+        storage.write_bytes(storage.join(inp, rel), images.encode_jpeg(face))
     box: dict[str, Any] = {}
     with StallingProxy(s3_server.endpoint_url) as proxy:
         # The workers read through the proxy; the output (and the run's records) is local.
