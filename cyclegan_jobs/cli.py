@@ -14,7 +14,9 @@ from .config import (
     FORMATS,
     PRECISIONS,
     PRESETS,
+    S3_OUTAGE_WAIT_S,
     SCOPES,
+    STALL_TIMEOUT_S,
     UPSAMPLING,
     UPSAMPLING_HELP,
 )
@@ -31,6 +33,14 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
         "--endpoint-url",
         default=None,
         help="S3 endpoint (MinIO, SeaweedFS); default: AWS_ENDPOINT_URL or AWS itself",
+    )
+    p.add_argument(
+        "--s3-outage-wait",
+        type=float,
+        default=S3_OUTAGE_WAIT_S,
+        metavar="SECONDS",
+        help="keep retrying an S3 endpoint that cannot be reached for this long per request "
+        "before giving up (a restarting server; default %(default)g; 0: fail in seconds)",
     )
     p.add_argument(
         "--result-file",
@@ -152,7 +162,7 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
                    "for encode/PUT, each (S3 latency wants many; 1-2 cores fewer)")  # fmt: skip
     x.add_argument("--feed-processes", type=int, default=0, help="worker processes for GET/"
                    "decode and encode/PUT instead of threads (0: threads)")  # fmt: skip
-    x.add_argument("--stall-timeout", type=float, default=120.0,
+    x.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S,
                    help="seconds without progress before the run stops (exit 2)")  # fmt: skip
     x.add_argument("--run-id", default=None)
     x.add_argument("--work-dir", default=None)
@@ -438,6 +448,11 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
 
     if args.endpoint_url:
         storage.configure(endpoint_url=args.endpoint_url)
+    try:
+        storage.set_outage_wait(args.s3_outage_wait)
+    except ValueError as err:
+        print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE, None
     handler = {
         "train": _train,
         "translate": _translate,

@@ -205,6 +205,10 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in data.items() if k in names})
 
 
+# How long each S3 request keeps retrying while S3 cannot be reached or answers 5xx (a restarting
+# server, a network blip), so that a batch job rides out a short outage; under the stall deadline.
+S3_OUTAGE_WAIT_S = 90.0
+STALL_TIMEOUT_S = 120.0
 DIRECTIONS = ("b2a", "a2b")
 FORMATS = ("png", "jpeg")
 SCOPES = ("new", "all")
@@ -233,7 +237,10 @@ class TranslateConfig:
     # Decoded pixels in flight, over all threads: ~100 MP is ~0.4-1.2 GB of transient buffers
     # (RGB to RGBA with copies), so a 4 GB worker survives a folder of 49 MP scans.
     pixel_budget: int = 100_000_000
-    stall_timeout: float = 120.0  # seconds without any progress: stop (exit 2), keep records
+    stall_timeout: float = STALL_TIMEOUT_S  # no progress for this long: stop (exit 2), keep records
+    # Per request (storage.set_outage_wait); the stall deadline still stops a run that waits
+    # longer than it without progress.
+    s3_outage_wait: float = S3_OUTAGE_WAIT_S
     workers: int = 16  # threads for load and for store (GETs/PUTs in flight, each)
     # Worker processes for load and store instead of threads: past ~1 core of S3 requests a
     # process is GIL-bound; a many-core GPU machine wants about 2 per core. 0: threads only.
@@ -260,6 +267,7 @@ class TranslateConfig:
             (self.pixel_budget >= 1, "pixel budget must be >= 1"),
             (self.feed_processes >= 0, "feed processes must be >= 0"),
             (self.stall_timeout > 0, "stall timeout must be > 0 seconds"),
+            (self.s3_outage_wait >= 0, "the S3 outage wait must be >= 0 seconds"),
         ]
         bad = [message for ok, message in problems if not ok]
         overlap = _overlap(self.input, self.output)

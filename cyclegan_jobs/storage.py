@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
 import os
+import random
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from .config import S3_OUTAGE_WAIT_S
+
 S3_SCHEME = "s3://"
 # Enough parallel transfers to hide S3 latency, matched to the client's connection pool.
 MAX_WORKERS = 16
@@ -40,6 +45,7 @@ _UNREACHABLE = (
     ReadTimeoutError,
     ConnectionClosedError,
 )
+log = logging.getLogger(__name__)
 # A URI scheme (RFC 3986) at the start: "s3:", "gs:", "http:", "S3:", ... ("tfds:" is not ours).
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # Current S3 bucket naming rules (also MinIO's and SeaweedFS'): 3-63 of a-z 0-9 . -
@@ -120,9 +126,13 @@ def ensure_pool(connections: int) -> None:
 
 
 def client_settings() -> dict[str, Any]:
-    """What configure() was given, to build the same client in another process (never logged:
-    it may hold credentials)."""
-    return {"endpoint_url": _endpoint_url, "credentials": _credentials}
+    """What configure() and set_outage_wait() were given, to build the same client in another
+    process (never logged: it may hold credentials)."""
+    return {
+        "endpoint_url": _endpoint_url,
+        "credentials": _credentials,
+        "outage_wait": _outage_wait_s,
+    }
 
 
 def injected_client() -> bool:
@@ -197,6 +207,87 @@ class _RetryConditions:
         return (self._throttled if throttled else self._other).is_retryable(context)
 
 
+# S3 unavailable: an endpoint that cannot be reached (connection refused, no DNS name, connect
+# timeout) or that answers 5xx errors other than throttling (a server restarting: SeaweedFS
+# answers 500 for a few seconds after it is back). After the tries above, such a request keeps
+# retrying for up to config.S3_OUTAGE_WAIT_S from its first failure, so that a batch job rides
+# out a short outage instead of failing it; set_outage_wait() changes it (the CLI's
+# --s3-outage-wait; 0: give up after MAX_ATTEMPTS, about 2 s).
+# Seconds between those tries (with jitter, so that threads do not retry all at once).
+_OUTAGE_STEP_S = (2.0, 5.0)
+# At most one "S3 unavailable, waiting" warning this often (every thread hits it).
+_OUTAGE_LOG_EVERY_S = 15.0
+_outage_wait_s = S3_OUTAGE_WAIT_S
+_outage_logged_at = -_OUTAGE_LOG_EVERY_S
+
+
+def set_outage_wait(seconds: float) -> None:
+    """How long each S3 request keeps retrying while S3 is unavailable (0: MAX_ATTEMPTS only)."""
+    global _outage_wait_s
+    if seconds < 0:
+        raise ValueError(f"the S3 outage wait must be >= 0 seconds, got {seconds:g}")
+    _outage_wait_s = float(seconds)
+
+
+def _unavailable(context: Any, throttling: Any) -> str | None:
+    """What made this try fail if S3 looks unavailable (not throttling), else None."""
+    if isinstance(context.caught_exception, _UNREACHABLE):
+        return type(context.caught_exception).__name__
+    status = getattr(context.http_response, "status_code", 0) or 0
+    if status >= 500 and not throttling.is_throttling_error_from_context(context):
+        return f"HTTP {status}"
+    return None
+
+
+class _OutageWait:
+    """The outage part of the retry policy: per request, the time since S3 first looked
+    unavailable, and a warning in the log at most every _OUTAGE_LOG_EVERY_S."""
+
+    def __init__(self, throttling: Any) -> None:
+        self._throttling = throttling
+
+    def left(self, context: Any) -> float:
+        """Seconds this request may still wait (0: S3 is not unavailable, or time is up)."""
+        why = _unavailable(context, self._throttling)
+        if why is None:
+            return 0.0
+        since = context.request_context.setdefault("cyclegan_unavailable_since", time.monotonic())
+        left = max(0.0, _outage_wait_s - (time.monotonic() - since))
+        if left > 0 and context.attempt_number >= MAX_ATTEMPTS:
+            self._warn(why, left)
+        return left
+
+    @staticmethod
+    def _warn(why: str, left: float) -> None:
+        global _outage_logged_at
+        now = time.monotonic()
+        with _lock:
+            if now - _outage_logged_at < _OUTAGE_LOG_EVERY_S:
+                return
+            _outage_logged_at = now
+        log.warning(
+            "S3 unavailable (%s); requests keep retrying for up to %.0f s more "
+            "(--s3-outage-wait %g)", why, left, _outage_wait_s
+        )  # fmt: skip
+
+
+def _retry_policy(standard: Any, throttling: Any, backoff: Any) -> Any:
+    """botocore's standard policy, which also rides out S3 being unavailable for a while."""
+    outage = _OutageWait(throttling)
+
+    class OutagePolicy(standard.RetryPolicy):
+        def should_retry(self, context: Any) -> bool:
+            left = outage.left(context)  # also notes when this request first found S3 down
+            return super().should_retry(context) or left > 0
+
+        def compute_retry_delay(self, context: Any) -> float:
+            if context.attempt_number < MAX_ATTEMPTS or not outage.left(context):
+                return super().compute_retry_delay(context)
+            return min(outage.left(context), random.uniform(*_OUTAGE_STEP_S))
+
+    return OutagePolicy(retry_checker=_RetryConditions(throttling), retry_backoff=backoff)
+
+
 class _NoSharedQuota:
     """Stands in for botocore's RetryQuota: every retry the conditions allow may go ahead."""
 
@@ -215,7 +306,8 @@ def _retry_per_request(client: Any) -> None:
     second under throttling that does not ease when the client slows down. Legacy mode has no
     quota but backs off from 1 s on every error: a dead endpoint took 33 s per request instead
     of 2. So this keeps the standard mode's conditions and backoff and replaces only the
-    quota: each request is bounded by its own tries (MAX_ATTEMPTS, THROTTLED_MAX_ATTEMPTS).
+    quota: each request is bounded by its own tries (MAX_ATTEMPTS, THROTTLED_MAX_ATTEMPTS), and
+    by the outage wait when the endpoint cannot be reached (set_outage_wait).
     """
     from botocore.retries import standard
 
@@ -223,11 +315,10 @@ def _retry_per_request(client: Any) -> None:
     adapter = standard.RetryEventAdapter()
     throttling = standard.ThrottlingErrorDetector(adapter)
     handler = standard.RetryHandler(
-        retry_policy=standard.RetryPolicy(
-            retry_checker=_RetryConditions(throttling),
-            retry_backoff=standard.ExponentialBackoff(
-                service_name=name, throttling_detector=throttling
-            ),
+        retry_policy=_retry_policy(
+            standard,
+            throttling,
+            standard.ExponentialBackoff(service_name=name, throttling_detector=throttling),
         ),
         retry_event_adapter=adapter,
         retry_quota=_NoSharedQuota(),

@@ -102,6 +102,7 @@ class Run:
 
 def translate(cfg: TranslateConfig) -> dict[str, Any]:
     """Run one translation job; returns the summary (also written to _runs/<run_id>/)."""
+    storage.set_outage_wait(cfg.s3_outage_wait)
     listing = _checked(sources(cfg), cfg.input)
     run = _open_run(cfg)
     triage = Triage(cfg, run.index)

@@ -342,7 +342,9 @@ def _start_child(client_settings: dict[str, Any], budget: PixelBudget, started: 
     # Never raises: a failing initializer makes the pool respawn children forever.
     global _child_budget, _child_error, _child_started
     try:
-        storage.configure(**client_settings)
+        settings = dict(client_settings)
+        storage.set_outage_wait(settings.pop("outage_wait"))
+        storage.configure(**settings)
         _child_budget, _child_started = budget, started
         started.put((os.getpid(), 0))  # watched from now on, even before its first job
     except Exception as err:  # reported by _ready, then the parent stops the run

@@ -64,11 +64,23 @@ DAG_DEFAULTS = {
 # Where a pod writes its result; the KubernetesPodOperator turns it into the task's XCom.
 POD_RESULT_FILE = "/airflow/xcom/return.json"
 # I/O tasks (listing, merging, promoting) retry with backoff: object stores have bad minutes.
+# Airflow 3 takes the backoff as a multiplier: True (Airflow 2's flag) is 1.0, no backoff at all.
 IO_RETRIES = {
     "retries": 3,
     "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
+    "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=5),
+}
+# Heavy tasks (train, translate shards) on a lost worker: the scheduler notices after its heartbeat
+# timeout (60 s in docker/compose.yaml; Airflow's default is 300 s) and the first retry follows
+# 15-30 s later (Airflow adds up to 100 % jitter), so the work is running again within 2 minutes.
+# Later retries back off (x2, at most 10 min), so that a long S3 outage, beyond what a job rides
+# out itself (--s3-outage-wait), gets minutes more before the run fails. The retries themselves
+# are per task (heavy_step/heavy_mapped): a retry resumes (checkpoints, the translate ledger).
+HEAVY_RETRY_DELAYS = {
+    "retry_delay": timedelta(seconds=15),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
 }
 
 
@@ -306,21 +318,23 @@ def with_results_links(task_output: Any) -> Any:
 
 def heavy_step(settings: Settings, task_id: str, command: Any, *, retries: int = 1) -> Any:
     """Run a rendered command (an XComArg of list[str]) with the configured runner."""
-    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue}
+    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue,
+              "retries": retries, **HEAVY_RETRY_DELAYS}  # fmt: skip
     if settings.runner == "kubernetes":
-        return pod_operator(settings, arguments=command, retries=retries, **common)
-    return _local_task(settings, retries=retries, **common)(command=command)
+        return pod_operator(settings, arguments=command, **common)
+    return _local_task(settings, **common)(command=command)
 
 
 def heavy_mapped(settings: Settings, task_id: str, commands: Any, *, retries: int = 1) -> Any:
     """Run one rendered command per element of `commands` (dynamic task mapping)."""
-    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue}
+    common = {"task_id": task_id, "pool": settings.pool, "queue": settings.queue,
+              "retries": retries, **HEAVY_RETRY_DELAYS}  # fmt: skip
     if settings.runner == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-        partial = KubernetesPodOperator.partial(retries=retries, **common, **_pod_kwargs(settings))
+        partial = KubernetesPodOperator.partial(**common, **_pod_kwargs(settings))
         return partial.expand(arguments=commands)
-    return _local_task(settings, retries=retries, **common).expand(command=commands)
+    return _local_task(settings, **common).expand(command=commands)
 
 
 def _local_task(settings: Settings, **overrides: Any) -> Any:

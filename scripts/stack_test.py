@@ -590,10 +590,154 @@ def bench(stack: Stack, n: int) -> None:
     FIGURES["bench_nightly"] = {"images": n, **results, "ratio_1_over_2": round(one / two, 2)}
 
 
+# -- 8. faults ---------------------------------------------------------------------------------
+
+# Nightlies over these photos, one per fault: 2 shards of 400 (each about 40 s here), one on each
+# gpu worker, so that a retry never queues behind another shard for the surviving worker.
+FAULT_PREFIX, FAULT_INPUTS, FAULT_SHARD_SIZE = "faults/", 800, 400
+S3_OUTAGE_S = 60
+RETRY_WITHIN_S = 120  # a lost worker's shard runs again within this (issue 19)
+
+
+def fault_nightly(stack: Stack, label: str) -> tuple[str, str]:
+    """Trigger a nightly over the fault photos into a fresh output prefix: (run id, prefix)."""
+    out = f"fault-{label}/"
+    conf = {"input": f"s3://cyclegan-input/{FAULT_PREFIX}", "output": f"s3://cyclegan-output/{out}",
+            "shard_size": FAULT_SHARD_SIZE, "batch_size": 16}  # fmt: skip
+    return stack.api.trigger(NIGHTLY, conf), out
+
+
+def shard_tis(stack: Stack, run_id: str) -> list[dict]:
+    tis = stack.api.task_instances(NIGHTLY, run_id)
+    return sorted(
+        (t for t in tis if t["task_id"] == "translate_shard"), key=lambda t: t["map_index"]
+    )
+
+
+def utc_seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def mid_shard(stack: Stack, run_id: str, running_s: float = 15) -> dict:
+    """A translate_shard that has run for `running_s` (its job is translating by then)."""
+
+    def probe() -> dict | None:
+        running = [t for t in shard_tis(stack, run_id) if t["state"] == "running"]
+        busy = [t for t in running if time.time() - utc_seconds(t["start_date"]) >= running_s]
+        return busy[0] if busy else None
+
+    return wait_for(f"a shard of {run_id} mid-run", probe, timeout=900, every=1)
+
+
+def stylized(stack: Stack, out: str) -> int:
+    return len(input_stems(stack.s3(), "cyclegan-output", f"{out}stylized/"))
+
+
+def check_exactly_once(stack: Stack, run_id: str, out: str) -> dict:
+    """The run succeeded, every input is in its merged manifest exactly once, none failed, and
+    every input has its outputs. Returns the run's counts."""
+    run = stack.api.wait(NIGHTLY, run_id)
+    uri = stack.api.xcom(NIGHTLY, run_id, "summarize")["summary"]
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    summary = json.loads(stack.s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    bucket, key = summary["manifest"].removeprefix("s3://").split("/", 1)
+    lines = stack.s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    counts = summary["counts"]
+    once = len(keys) == len(set(keys)) == FAULT_INPUTS == counts["ok"] + counts["skipped"]
+    what = f"{run_id}: each of {FAULT_INPUTS} inputs once in the manifest, none failed: {counts}"
+    check(once and counts["failed"] == 0, what)
+    check_outputs(stack, "cyclegan-output", out, FAULT_PREFIX)
+    return {"counts": counts, "seconds": run_seconds(run)}
+
+
+def kill_gpu_worker(stack: Stack) -> dict:
+    """SIGKILL a gpu worker's container (the worker, its running shard, everything in it, as a
+    lost machine) mid-shard: the shard must run again within RETRY_WITHIN_S."""
+    run_id, out = fault_nightly(stack, "kill")
+    victim = mid_shard(stack, run_id)
+    [container] = [c for c in stack.containers(GPU_SERVICE)
+                   if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
+    os.kill(container["State"]["Pid"], 9)
+    killed = time.time()
+    say(f"killed gpu worker {victim['hostname']} running shard {victim['map_index']} "
+        f"(try {victim['try_number']})")  # fmt: skip
+
+    def retried() -> dict | None:
+        shard = shard_tis(stack, run_id)[victim["map_index"]]
+        later = shard["try_number"] > victim["try_number"] and shard["start_date"]
+        return shard if later and shard["state"] in ("running", "success") else None
+
+    retry = wait_for("the killed shard's retry", retried, timeout=900, every=2)
+    after = round(utc_seconds(retry["start_date"]) - killed, 1)
+    queued = retry.get("queued_when") and round(utc_seconds(retry["queued_when"]) - killed, 1)
+    result = {"retry_queued_after_s": queued, "retry_started_after_s": after,
+              "retry_host": retry["hostname"]}  # fmt: skip
+    result.update(check_exactly_once(stack, run_id, out))
+    check(after <= RETRY_WITHIN_S, f"the killed worker's shard ran again {after} s after the "
+          f"kill (within {RETRY_WITHIN_S} s), on {retry['hostname']}")  # fmt: skip
+    return result
+
+
+def stop_s3(stack: Stack) -> dict:
+    """Stop S3 for S3_OUTAGE_S while shards run: they ride it out, no Airflow retry."""
+    run_id, out = fault_nightly(stack, "s3")
+    mid_shard(stack, run_id, running_s=10)
+    before = stylized(stack, out)
+    stack.compose("stop", "s3")
+    say(f"S3 stopped ({before} outputs written); starting it again in {S3_OUTAGE_S} s")
+    time.sleep(S3_OUTAGE_S)
+    stack.compose("start", "s3")
+    started = time.monotonic()
+
+    def progressed() -> bool:
+        try:
+            return stylized(stack, out) > before
+        except Exception:  # noqa: BLE001 - S3 still starting
+            return False
+
+    wait_for("outputs after the outage", progressed, timeout=600, every=1)
+    resumed = round(time.monotonic() - started, 1)
+    result = {"outage_s": S3_OUTAGE_S, "new_outputs_after_restart_s": resumed,
+              **check_exactly_once(stack, run_id, out)}  # fmt: skip
+    tries = [t["try_number"] for t in shard_tis(stack, run_id)]
+    check(tries == [1] * len(tries), f"the {S3_OUTAGE_S} s S3 outage cost no retry: tries {tries}")
+    return result
+
+
+def restart_gpu_worker(stack: Stack) -> dict:
+    """`docker restart` a gpu worker mid-shard: Celery's warm shutdown lets the shard finish
+    (within the stop grace period) before the worker stops: no retry."""
+    run_id, out = fault_nightly(stack, "restart")
+    victim = mid_shard(stack, run_id)
+    [container] = [c for c in stack.containers(GPU_SERVICE)
+                   if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
+    _, seconds = timed(lambda: sh("docker", "restart", container["Id"]))
+    say(f"restarted gpu worker {victim['hostname']} mid-shard in {seconds} s")
+    result = {"restart_s": seconds, **check_exactly_once(stack, run_id, out)}
+    shard = shard_tis(stack, run_id)[victim["map_index"]]
+    same_try = shard["try_number"] == victim["try_number"] and shard["state"] == "success"
+    check(same_try, f"the restarted worker's shard finished on try {shard['try_number']}")
+    return result
+
+
+def faults(stack: Stack) -> None:
+    """Each fault on a nightly of its own; the recovery figures."""
+    put_bench_inputs(stack, FAULT_INPUTS, FAULT_PREFIX)
+    FIGURES["faults"] = {}
+    for name, fault in (("gpu_worker_killed", kill_gpu_worker), ("s3_stopped", stop_s3),
+                        ("gpu_worker_restarted", restart_gpu_worker)):  # fmt: skip
+        wait_for("every service healthy", stack._all_healthy, timeout=600)
+        FIGURES["faults"][name] = fault(stack)
+        say(f"fault {name}: {FIGURES['faults'][name]}")
+
+
 # -- the whole test ----------------------------------------------------------------------------
 
 
-def exercise(stack: Stack, bench_images: int) -> None:
+def exercise(stack: Stack, bench_images: int, with_faults: bool) -> None:
     stack.down(volumes=True)  # a clean start: nothing left from an earlier, interrupted test
     FIGURES["up_s"] = stack.up(gpu_workers=2)
     say(
@@ -617,6 +761,8 @@ def exercise(stack: Stack, bench_images: int) -> None:
     nightly_and_check(stack, {"shard_size": 2}, expect_translated=0)
     if bench_images:
         bench(stack, bench_images)
+    if with_faults:
+        faults(stack)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -624,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="build our images with --no-cache")
     parser.add_argument("--bench-images", type=int, default=500, help="0: no benchmark")
     parser.add_argument("--keep", action="store_true", help="leave the stack up at the end")
+    parser.add_argument("--no-faults", action="store_true", help="skip the fault steps")
     args = parser.parse_args(argv)
     engine = Engine()
     started = time.monotonic()
@@ -632,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         images = {**build_stand_ins(), **build_ours(args.cold)}
         stack = Stack(engine, images)
         try:
-            exercise(stack, args.bench_images)
+            exercise(stack, args.bench_images, not args.no_faults)
         finally:
             if not args.keep:
                 stack.down(volumes=True)

@@ -156,6 +156,8 @@ for dag in bag.dags.values():
             "retries": kw.get("retries", getattr(t, "retries", None)),
             "backoff": kw.get("retry_exponential_backoff",
                               getattr(t, "retry_exponential_backoff", None)),
+            **{k: (lambda d: d and d.total_seconds())(kw.get(k, getattr(t, k, None)))
+               for k in ("retry_delay", "max_retry_delay")},
             "mapped": hasattr(t, "expand_input"),
             "inlets": [getattr(a, "name", None) for a in getattr(t, "inlets", [])],
             "outlets": [getattr(a, "name", None) for a in getattr(t, "outlets", [])],
@@ -306,10 +308,33 @@ def test_heavy_tasks_use_the_gpu_pool_and_queue_and_io_tasks_retry(parsed: dict)
     light = [t for name, t in {**nightly, **retrain}.items() if t not in heavy]
     assert all(t["pool"] != "cyclegan_gpu" for t in light)
     for name in ("resolve_model", "plan", "summarize"):
-        assert nightly[name]["retries"] >= 1 and nightly[name]["backoff"] is True, name
+        # Airflow 3's backoff is a multiplier: True (Airflow 2's flag) is 1.0, a constant delay.
+        assert nightly[name]["retries"] >= 1 and nightly[name]["backoff"] >= 2.0, name
     assert nightly["summarize"]["trigger_rule"] == "none_failed"
     assert nightly["resolve_model"]["inlets"] == ["cyclegan_promoted_model"]
     assert retrain["promote"]["outlets"] == ["cyclegan_promoted_model"]
+
+
+def test_a_heavy_task_on_a_lost_worker_is_retried_within_two_minutes(parsed: dict) -> None:
+    """The deployment's heartbeat timeout, the scheduler's check interval and the longest first
+    retry delay (Airflow adds up to 100 % jitter to an exponential backoff) fit in 2 minutes; later
+    retries back off. On f88ac07 it was 300 s + 300 s, with no backoff."""
+    import yaml
+    from airflow.configuration import conf
+
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    env = compose["x-airflow-env"]
+    timeout = float(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"])
+    every = conf.getfloat("scheduler", "task_instance_heartbeat_timeout_detection_interval")
+    nightly = parsed["dags"]["cyclegan_nightly_translate"]["tasks"]
+    retrain = parsed["dags"]["cyclegan_retrain"]["tasks"]
+    for t in (nightly["translate_shard"], retrain["train"], retrain["evaluate"], retrain["gate"]):
+        first = min(2 * t["retry_delay"], t["max_retry_delay"])
+        assert timeout + every + first <= 120, (timeout, every, t)
+        assert t["backoff"] >= 2.0 and t["max_retry_delay"] >= 300, t
+    # The supervisor heartbeats every few seconds: the timeout tolerates a dozen missed ones.
+    assert timeout >= 10 * conf.getfloat("workers", "min_heartbeat_interval")
+    assert nightly["translate_shard"]["retries"] >= 4  # ~15 min of S3 outage before the night fails
 
 
 def test_parsing_imports_no_tensorflow_numpy_pil_or_library(parsed: dict) -> None:

@@ -4,7 +4,8 @@ output that overlaps its input.
 1. With 40 % of requests answered 503 SlowDown, well over the ~225 requests after which botocore's
    per-client retry quota ran dry, every request of one client goes through: retries are
    budgeted per request, with the production limits (only the backoff sleeps are skipped here).
-   A request throttled every time still fails, and a dead endpoint still fails in seconds.
+   A request throttled every time still fails, and a dead endpoint fails once the outage wait
+   (test_translate_outage) is spent: in seconds without one.
 2. A feed worker process killed with SIGKILL stops the run within seconds, naming the input it
    held, instead of waiting out the stall deadline and blaming the object store.
 3. --output equal to --input, inside it or containing it is refused with one line and exit 2
@@ -33,7 +34,7 @@ from helpers import StallingProxy, free_port, random_version, s3_error
 
 from cyclegan_jobs import images, storage
 from cyclegan_jobs.cli import main
-from cyclegan_jobs.config import ConfigError, TranslateConfig
+from cyclegan_jobs.config import S3_OUTAGE_WAIT_S, ConfigError, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
 from cyclegan_jobs.translate import TranslateError, translate
 from cyclegan_local import local_s3
@@ -137,7 +138,12 @@ def test_sustained_slowdown_does_not_exhaust_the_retries(
     ids=["throttled", "server-error"],
 )
 def test_a_request_failing_every_try_still_fails(
-    status: int, code: str, tries: int, moto_s3: str, no_backoff_sleep: list[float]
+    status: int,
+    code: str,
+    tries: int,
+    moto_s3: str,
+    no_backoff_sleep: list[float],
+    no_outage_wait: None,
 ) -> None:
     uri = storage.join(moto_s3, "x.png")
     injector = _Injector(lambda method, url, attempt: True, status, code)
@@ -148,17 +154,28 @@ def test_a_request_failing_every_try_still_fails(
     assert (storage.MAX_ATTEMPTS, storage.THROTTLED_MAX_ATTEMPTS) == (7, 10)  # as tested here
 
 
-def test_a_dead_endpoint_still_fails_in_seconds(aws_env: None) -> None:
+@pytest.fixture
+def no_outage_wait() -> Any:
+    """Requests give up on an unavailable S3 after their tries (test_translate_outage: the wait)."""
+    storage.set_outage_wait(0)
+    yield
+    storage.set_outage_wait(S3_OUTAGE_WAIT_S)
+
+
+@pytest.mark.parametrize("wait", [0.0, 4.0])
+def test_a_dead_endpoint_fails_once_the_outage_wait_is_spent(wait: float, aws_env: None) -> None:
     storage.configure(endpoint_url=f"http://127.0.0.1:{free_port()}")
+    storage.set_outage_wait(wait)
     started = time.monotonic()
     try:
         with pytest.raises(storage.SystemicError, match="unreachable"):
             storage.read_bytes("s3://nobody-home/x.png")
     finally:
         storage.configure()
+        storage.set_outage_wait(S3_OUTAGE_WAIT_S)
     took = time.monotonic() - started
-    print(f"\n[1] a dead endpoint failed after {took:.1f} s")
-    assert took < 10.0
+    print(f"\n[1] a dead endpoint failed after {took:.1f} s with an outage wait of {wait:g} s")
+    assert wait <= took < wait + 10.0
 
 
 # 2. a feed worker that dies -----------------------------------------------------------------
