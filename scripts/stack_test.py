@@ -23,8 +23,14 @@ the last stdout line):
  6. restart  compose down (volumes kept) and up: the runs and outputs are still there, and a
              second nightly translates nothing;
  7. bench    a nightly over --bench-images generated photos with 1 and with 2 gpu workers;
- 8. down     everything removed (containers, volumes, network; the images stay as the build
-             cache) and the engine stopped if this started it.
+ 8. faults   (unless --no-faults) a nightly of 800 photos in 2 shards for each fault, which
+             must end with every input in its manifest exactly once, none failed, every output
+             there: a gpu worker's container SIGKILLed mid-shard (the shard must run again within
+             2 minutes), S3 stopped for 60 s mid-shard (no task may need a retry), a gpu worker
+             restarted mid-shard (Celery's warm shutdown: the shard finishes on its first try)
+             and stopped again while starting (within 30 s); the recovery times are figures;
+ 9. down     everything removed (containers, volumes, network; the images stay as the build
+             cache), timed, and the engine stopped if this started it.
 
 Secrets (S3 keys, passwords, JWT secret) are random for each run and live only in this
 process's environment and the stack's containers; nothing is written to the repository.
@@ -620,13 +626,14 @@ def utc_seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def mid_shard(stack: Stack, run_id: str, running_s: float = 15) -> dict:
-    """A translate_shard that has run for `running_s` (its job is translating by then)."""
+def mid_shard(stack: Stack, run_id: str, out: str, outputs: int = 48) -> tuple[dict, int]:
+    """A running translate_shard, once the run has written `outputs` outputs (the shards are
+    translating): (the shard's task instance, the outputs written by then)."""
 
-    def probe() -> dict | None:
+    def probe() -> tuple[dict, int] | None:
         running = [t for t in shard_tis(stack, run_id) if t["state"] == "running"]
-        busy = [t for t in running if time.time() - utc_seconds(t["start_date"]) >= running_s]
-        return busy[0] if busy else None
+        written = stylized(stack, out) if running else 0
+        return (running[0], written) if running and written >= outputs else None
 
     return wait_for(f"a shard of {run_id} mid-run", probe, timeout=900, every=1)
 
@@ -657,13 +664,13 @@ def kill_gpu_worker(stack: Stack) -> dict:
     """SIGKILL a gpu worker's container (the worker, its running shard, everything in it, as a
     lost machine) mid-shard: the shard must run again within RETRY_WITHIN_S."""
     run_id, out = fault_nightly(stack, "kill")
-    victim = mid_shard(stack, run_id)
+    victim, written = mid_shard(stack, run_id, out)
     [container] = [c for c in stack.containers(GPU_SERVICE)
                    if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
     os.kill(container["State"]["Pid"], 9)
     killed = time.time()
     say(f"killed gpu worker {victim['hostname']} running shard {victim['map_index']} "
-        f"(try {victim['try_number']})")  # fmt: skip
+        f"(try {victim['try_number']}; {written} outputs written)")  # fmt: skip
 
     def retried() -> dict | None:
         shard = shard_tis(stack, run_id)[victim["map_index"]]
@@ -684,7 +691,7 @@ def kill_gpu_worker(stack: Stack) -> dict:
 def stop_s3(stack: Stack) -> dict:
     """Stop S3 for S3_OUTAGE_S while shards run: they ride it out, no Airflow retry."""
     run_id, out = fault_nightly(stack, "s3")
-    mid_shard(stack, run_id, running_s=10)
+    mid_shard(stack, run_id, out)
     before = stylized(stack, out)
     stack.compose("stop", "s3")
     say(f"S3 stopped ({before} outputs written); starting it again in {S3_OUTAGE_S} s")
@@ -711,12 +718,18 @@ def restart_gpu_worker(stack: Stack) -> dict:
     """`docker restart` a gpu worker mid-shard: Celery's warm shutdown lets the shard finish
     (within the stop grace period) before the worker stops: no retry."""
     run_id, out = fault_nightly(stack, "restart")
-    victim = mid_shard(stack, run_id)
+    victim, _ = mid_shard(stack, run_id, out)
     [container] = [c for c in stack.containers(GPU_SERVICE)
                    if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
     _, seconds = timed(lambda: sh("docker", "restart", container["Id"]))
     say(f"restarted gpu worker {victim['hostname']} mid-shard in {seconds} s")
-    result = {"restart_s": seconds, **check_exactly_once(stack, run_id, out)}
+    # Stopped again at once, while it starts: Airflow must not ignore the SIGTERM (it did as
+    # PID 1, and Docker then waited out the 10-minute grace period).
+    _, stop_s = timed(lambda: sh("docker", "stop", container["Id"]))
+    check(stop_s < 30, f"a gpu worker stopped while starting stops in {stop_s} s")
+    sh("docker", "start", container["Id"])
+    result = {"restart_s": seconds, "stop_while_starting_s": stop_s}
+    result.update(check_exactly_once(stack, run_id, out))
     shard = shard_tis(stack, run_id)[victim["map_index"]]
     same_try = shard["try_number"] == victim["try_number"] and shard["state"] == "success"
     check(same_try, f"the restarted worker's shard finished on try {shard['try_number']}")
@@ -782,8 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             exercise(stack, args.bench_images, not args.no_faults)
         finally:
             if not args.keep:
-                stack.down(volumes=True)
-                say("stack removed (containers, volumes, network)")
+                _, FIGURES["down_s"] = timed(lambda: stack.down(volumes=True))
+                say(f"stack removed (containers, volumes, network) in {FIGURES['down_s']} s")
     except StackTestError as err:
         say(f"FAILED: {err}")
         return 1
