@@ -28,7 +28,9 @@ the last stdout line):
              there: a gpu worker's container SIGKILLed mid-shard (the shard must run again within
              2 minutes), S3 stopped for 60 s mid-shard (no task may need a retry), a gpu worker
              restarted mid-shard (Celery's warm shutdown: the shard finishes on its first try)
-             and stopped again while starting (within 30 s); the recovery times are figures;
+             and stopped again while starting (within 30 s), and postgres restarted with
+             every client connected (a clean shutdown, no crash recovery); the recovery times
+             are figures;
  9. down     everything removed (containers, volumes, network; the images stay as the build
              cache), timed, and the engine stopped if this started it.
 
@@ -736,12 +738,30 @@ def restart_gpu_worker(stack: Stack) -> dict:
     return result
 
 
+def restart_postgres(stack: Stack) -> dict:
+    """`docker restart` postgres with every Airflow component connected: it must stop cleanly
+    (fast shutdown on SIGINT), with no crash recovery when it starts, and the stack recover."""
+    [container] = stack.containers("postgres")
+    since = sh("docker", "inspect", "-f", "{{.State.StartedAt}}", container["Id"]).strip()
+    _, seconds = timed(lambda: sh("docker", "restart", container["Id"]))
+    done = subprocess.run(["docker", "logs", "--since", since, container["Id"]],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    log = done.stdout + done.stderr
+    crash = [x for x in ("not properly shut down", "was interrupted", "automatic recovery")
+             if x in log]  # fmt: skip
+    check(not crash and "shutting down" in log, f"postgres restarted in {seconds} s, shut "
+          f"down cleanly (crash recovery: {crash or 'none'})")  # fmt: skip
+    _, healthy = timed(lambda: wait_for("every service healthy", stack._all_healthy, timeout=600))
+    return {"restart_s": seconds, "healthy_again_s": healthy}
+
+
 def faults(stack: Stack) -> None:
     """Each fault on a nightly of its own; the recovery figures."""
     put_bench_inputs(stack, FAULT_INPUTS, FAULT_PREFIX)
     FIGURES["faults"] = {}
     for name, fault in (("gpu_worker_killed", kill_gpu_worker), ("s3_stopped", stop_s3),
-                        ("gpu_worker_restarted", restart_gpu_worker)):  # fmt: skip
+                        ("gpu_worker_restarted", restart_gpu_worker),
+                        ("postgres_restarted", restart_postgres)):  # fmt: skip
         wait_for("every service healthy", stack._all_healthy, timeout=600)
         FIGURES["faults"][name] = fault(stack)
         say(f"fault {name}: {FIGURES['faults'][name]}")
