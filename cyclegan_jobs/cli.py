@@ -39,8 +39,8 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=S3_OUTAGE_WAIT_S,
         metavar="SECONDS",
-        help="keep retrying an S3 endpoint that cannot be reached for this long per request "
-        "before giving up (a restarting server; default %(default)g; 0: fail in seconds)",
+        help="per request, keep retrying S3 for this long while it cannot be reached or answers "
+        "5xx (a restarting server) before giving up (default %(default)g; 0: fail in seconds)",
     )
     p.add_argument(
         "--result-file",
