@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from . import storage
@@ -180,6 +181,18 @@ def _valid(line: object) -> bool:
     )
 
 
+def json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of a JSON-lines text: its number (from 1) and its value, None where
+    the line is not JSON (read back from a store, any line may be damaged)."""
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, json.loads(raw)
+        except (ValueError, RecursionError):
+            yield number, None
+
+
 def _read_segment(uri: str) -> list[dict] | None:
     """A segment's valid lines; None when it can't be read now (its inputs cost a HEAD)."""
     try:
@@ -192,13 +205,7 @@ def _read_segment(uri: str) -> list[dict] | None:
         log.warning("ledger: cannot read %s (%s); its inputs are checked again", uri, err)
         return None
     lines, damaged = [], 0
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except (ValueError, RecursionError):
-            line = None
+    for _, line in json_lines(text):
         if _valid(line):
             lines.append(line)
         else:  # a damaged line only costs a HEAD for that input

@@ -247,14 +247,18 @@ class _OutageWait:
         self._throttling = throttling
 
     def left(self, context: Any) -> float:
-        """Seconds this request may still wait (0: S3 is not unavailable, or time is up)."""
+        """Seconds this request may still wait (0: S3 is not unavailable, or time is up); once
+        botocore's own tries are spent, a warning says so."""
         why = _unavailable(context, self._throttling)
-        if why is None:
-            return 0.0
-        since = context.request_context.setdefault("cyclegan_unavailable_since", time.monotonic())
-        left = max(0.0, _outage_wait_s - (time.monotonic() - since))
-        if left > 0 and context.attempt_number >= MAX_ATTEMPTS:
-            self._warn(why, left)
+        left = 0.0
+        if why is not None:
+            start = context.request_context.setdefault(
+                "cyclegan_unavailable_since", time.monotonic()
+            )
+            left = max(0.0, _outage_wait_s - (time.monotonic() - start))
+            if left > 0 and context.attempt_number >= MAX_ATTEMPTS:
+                self._warn(why, left)
+        context.request_context["cyclegan_outage_left"] = left  # this try's, for the delay
         return left
 
     @staticmethod
@@ -281,9 +285,11 @@ def _retry_policy(standard: Any, throttling: Any, backoff: Any) -> Any:
             return super().should_retry(context) or left > 0
 
         def compute_retry_delay(self, context: Any) -> float:
-            if context.attempt_number < MAX_ATTEMPTS or not outage.left(context):
+            # should_retry (always called first, on the same try) worked out what is left.
+            left = context.request_context.get("cyclegan_outage_left", 0.0)
+            if context.attempt_number < MAX_ATTEMPTS or not left:
                 return super().compute_retry_delay(context)
-            return min(outage.left(context), random.uniform(*_OUTAGE_STEP_S))
+            return min(left, random.uniform(*_OUTAGE_STEP_S))
 
     return OutagePolicy(retry_checker=_RetryConditions(throttling), retry_backoff=backoff)
 

@@ -713,13 +713,7 @@ def _read_manifest(uri: str) -> list[dict]:
     except UnicodeDecodeError as err:
         raise TranslateError(f"{uri} is damaged: not UTF-8 text ({err})") from err
     entries = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            entry = json.loads(raw)
-        except (ValueError, RecursionError):
-            entry = None
+    for number, entry in ledger.json_lines(text):
         if not isinstance(entry, dict) or not all(
             isinstance(entry.get(k), str) for k in ("key", "status")
         ):

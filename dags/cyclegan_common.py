@@ -77,6 +77,7 @@ IO_RETRIES = {
 # Later retries back off (x2, at most 10 min), so that a long S3 outage, beyond what a job rides
 # out itself (--s3-outage-wait), gets minutes more before the run fails. The retries themselves
 # are per task (heavy_step/heavy_mapped): a retry resumes (checkpoints, the translate ledger).
+# Shards get 4: with each try's own outage wait, the night rides out 11-15 min of S3 down.
 HEAVY_RETRY_DELAYS = {
     "retry_delay": timedelta(seconds=15),
     "retry_exponential_backoff": 2.0,

@@ -193,8 +193,6 @@ def cyclegan_nightly_translate():
         return {k: summary[k] for k in ("counts", "failed_share", "summary", "contact_sheet")}
 
     planned = plan(resolve_model())
-    # 4 retries (15 s to 10 min apart): a shard resumes where it stopped (the ledger), and
-    # together with each try's own S3 outage wait the night rides out 11-15 min of S3 down.
     translated = heavy_mapped(SETTINGS, "translate_shard", shard_commands(planned), retries=4)
     translated >> with_results_links(summarize(planned))
 

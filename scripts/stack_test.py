@@ -662,13 +662,18 @@ def check_exactly_once(stack: Stack, run_id: str, out: str) -> dict:
     return {"counts": counts, "seconds": run_seconds(run)}
 
 
+def gpu_worker(stack: Stack, hostname: str) -> dict:
+    """The gpu worker container whose hostname a task instance names (docker inspect)."""
+    [container] = [c for c in stack.containers(GPU_SERVICE) if c["Config"]["Hostname"] == hostname]
+    return container
+
+
 def kill_gpu_worker(stack: Stack) -> dict:
     """SIGKILL a gpu worker's container (the worker, its running shard, everything in it, as a
     lost machine) mid-shard: the shard must run again within RETRY_WITHIN_S."""
     run_id, out = fault_nightly(stack, "kill")
     victim, written = mid_shard(stack, run_id, out)
-    [container] = [c for c in stack.containers(GPU_SERVICE)
-                   if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
+    container = gpu_worker(stack, victim["hostname"])
     os.kill(container["State"]["Pid"], 9)
     killed = time.time()
     say(f"killed gpu worker {victim['hostname']} running shard {victim['map_index']} "
@@ -721,8 +726,7 @@ def restart_gpu_worker(stack: Stack) -> dict:
     (within the stop grace period) before the worker stops: no retry."""
     run_id, out = fault_nightly(stack, "restart")
     victim, _ = mid_shard(stack, run_id, out)
-    [container] = [c for c in stack.containers(GPU_SERVICE)
-                   if c["Config"]["Hostname"] == victim["hostname"]]  # fmt: skip
+    container = gpu_worker(stack, victim["hostname"])
     _, seconds = timed(lambda: sh("docker", "restart", container["Id"]))
     say(f"restarted gpu worker {victim['hostname']} mid-shard in {seconds} s")
     # Stopped again at once, while it starts: Airflow must not ignore the SIGTERM (it did as

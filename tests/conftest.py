@@ -35,6 +35,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable for the rest
 
 
+@pytest.fixture(scope="module")
+def random_model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A local model store whose promoted version is random-weight tiny generators at 32 px: for
+    tests of the translate job's plumbing (seconds instead of a training run)."""
+    from helpers import random_version
+
+    store = str(tmp_path_factory.mktemp("random_models") / "store")
+    random_version(store, "tiny", 32)
+    return store
+
+
 @pytest.fixture(scope="session")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy AWS credentials and no user AWS config, for the whole session.

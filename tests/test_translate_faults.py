@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import StallingProxy, random_version
+from helpers import StallingProxy
 from PIL import Image
 
 from cyclegan_jobs import storage
@@ -61,14 +61,6 @@ _LOG_LINE = re.compile(
 # 11 s after a stall with --stall-timeout 5: the deadline, then the records upload given up).
 KILL_EXIT_BOUND_S = 90.0
 STALL_EXIT_MARGIN_S = 45.0
-
-
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Random-weight tiny generators at 32 px: seconds instead of a training run."""
-    store = str(tmp_path_factory.mktemp("fault_models") / "store")
-    random_version(store, "tiny", SIZE)
-    return store
 
 
 # helpers ----------------------------------------------------------------------------------
@@ -238,7 +230,7 @@ def _assert_rerun_finishes(
 
 
 def test_s3_server_killed_mid_run_exits_2_keeps_manifest_and_rerun_finishes(
-    model_store: str, aws_env: None, tmp_path: Path
+    random_model_store: str, aws_env: None, tmp_path: Path
 ) -> None:
     keys = {
         "access_key": os.environ["AWS_ACCESS_KEY_ID"],
@@ -252,7 +244,9 @@ def test_s3_server_killed_mid_run_exits_2_keeps_manifest_and_rerun_finishes(
         server.client().create_bucket(Bucket="faults")
         inp, out, n = "s3://faults/in", "s3://faults/out", 240
         rels = _put_faces(inp, n)
-        job = Job(_run_args(inp, out, model_store, server.endpoint_url, work, 10), tmp_path / "1")
+        job = Job(
+            _run_args(inp, out, random_model_store, server.endpoint_url, work, 10), tmp_path / "1"
+        )
         _wait_for(lambda: len(_listed(f"{out}/stylized")) >= 10, 180, "10 outputs", job)
 
         os.kill(server.pid, signal.SIGKILL)
@@ -279,7 +273,9 @@ def test_s3_server_killed_mid_run_exits_2_keeps_manifest_and_rerun_finishes(
             assert set(_pngs(list(first_ok))) <= set(_listed(f"{out}/{root}"))
         started = time.monotonic()
         rerun = Job(
-            _run_args(inp, out, model_store, server.endpoint_url, tmp_path / "work2", 10, 16),
+            _run_args(
+                inp, out, random_model_store, server.endpoint_url, tmp_path / "work2", 10, 16
+            ),
             tmp_path / "2",
         )
         summary = _assert_rerun_finishes(rerun, out, rels, first_ok)
@@ -296,13 +292,13 @@ def test_s3_server_killed_mid_run_exits_2_keeps_manifest_and_rerun_finishes(
 
 
 def test_stalled_endpoint_exits_2_after_the_stall_timeout_and_rerun_finishes(
-    model_store: str, s3_server: local_s3.LocalS3, s3_bucket: str, tmp_path: Path
+    random_model_store: str, s3_server: local_s3.LocalS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     inp, out, n, stall = f"{s3_bucket}/in", f"{s3_bucket}/out", 240, 5.0
     rels = _put_faces(inp, n)
     work = tmp_path / "work"
     with StallingProxy(s3_server.endpoint_url) as proxy:
-        job = Job(_run_args(inp, out, model_store, proxy.url, work, stall), tmp_path / "1")
+        job = Job(_run_args(inp, out, random_model_store, proxy.url, work, stall), tmp_path / "1")
         try:
             _wait_for(lambda: len(_listed(f"{out}/stylized")) >= 10, 180, "10 outputs", job)
             proxy.stall()
@@ -325,7 +321,9 @@ def test_stalled_endpoint_exits_2_after_the_stall_timeout_and_rerun_finishes(
 
     started = time.monotonic()
     rerun = Job(
-        _run_args(inp, out, model_store, s3_server.endpoint_url, tmp_path / "work2", stall, 16),
+        _run_args(
+            inp, out, random_model_store, s3_server.endpoint_url, tmp_path / "work2", stall, 16
+        ),
         tmp_path / "2",
     )
     summary = _assert_rerun_finishes(rerun, out, rels, first_ok)
@@ -340,7 +338,7 @@ def _manifest_of(summary: dict) -> list[dict]:
 
 
 def test_over_long_output_name_fails_that_input_alone(
-    model_store: str,
+    random_model_store: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -354,7 +352,15 @@ def test_over_long_output_name_fails_that_input_alone(
     rels = [f"face_{i:02d}.jpg" for i in range(10)]
     for rel, face in zip(rels, faces[1:], strict=True):
         (inp / rel).write_bytes(_jpeg(face))
-    args = ["translate", "--input", str(inp), "--output", str(out), "--model-store", model_store]
+    args = [
+        "translate",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--model-store",
+        random_model_store,
+    ]
     args += ["--batch-size", "4", "--work-dir", str(tmp_path / "work")]
 
     assert _bounded(lambda: main([*args, "--max-failure-rate", "0.5"])) == 0  # 1/11 <= 50 %
@@ -393,7 +399,7 @@ def test_a_write_raising_an_unexpected_type_fails_that_input_alone(
     error: Exception,
     root: str,
     victim: str,
-    model_store: str,
+    random_model_store: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -410,7 +416,7 @@ def test_a_write_raising_an_unexpected_type_fails_that_input_alone(
 
     monkeypatch.setattr(storage, "write_bytes", gremlin)
     cfg = TranslateConfig(
-        input=inp, output=out, model=model_store, batch_size=4, max_failure_rate=0.5,
+        input=inp, output=out, model=random_model_store, batch_size=4, max_failure_rate=0.5,
         work_dir=str(tmp_path / "work"),
     )  # fmt: skip
     summary = _bounded(lambda: translate(cfg))
@@ -458,7 +464,7 @@ def _unwritable_outputs(tmp_path: Path, bucket: str) -> dict[str, tuple[str, str
 @pytest.mark.parametrize("case", ["below-a-file", "missing-bucket"])
 def test_unwritable_output_is_systemic_before_any_model_work(
     case: str,
-    model_store: str,
+    random_model_store: str,
     s3_server: local_s3.LocalS3,
     s3_bucket: str,
     tmp_path: Path,
@@ -470,13 +476,13 @@ def test_unwritable_output_is_systemic_before_any_model_work(
     out, reason = _unwritable_outputs(tmp_path, missing)[case]
 
     # In process: a TranslateError, and Generators.load never called.
-    cfg = TranslateConfig(input=inp, output=out, model=model_store, batch_size=4)
+    cfg = TranslateConfig(input=inp, output=out, model=random_model_store, batch_size=4)
     with pytest.raises(TranslateError, match=reason):
         _bounded(lambda: translate(cfg))
     assert no_model_load == []
 
     # The command line: exit 2, one line, quickly, and no "loading model" in its log.
-    args = ["--input", inp, "--output", out, "--model-store", model_store]
+    args = ["--input", inp, "--output", out, "--model-store", random_model_store]
     args += ["--endpoint-url", s3_server.endpoint_url, "--work-dir", str(tmp_path / "work")]
     started = time.monotonic()
     job = Job(_cli(*args), tmp_path / "cli")
@@ -507,9 +513,9 @@ def _ledgerless_rerun_setup(store: str, tmp_path: Path) -> TranslateConfig:
 
 
 def test_a_stall_in_triage_requests_stops_the_run_at_the_deadline(
-    model_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    random_model_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = _ledgerless_rerun_setup(model_store, tmp_path)
+    cfg = _ledgerless_rerun_setup(random_model_store, tmp_path)
     release, real_head = threading.Event(), storage.head
 
     def head(uri: str) -> dict:
@@ -529,9 +535,9 @@ def test_a_stall_in_triage_requests_stops_the_run_at_the_deadline(
 
 
 def test_a_dead_store_in_triage_requests_takes_the_normal_stop_path(
-    model_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    random_model_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = _ledgerless_rerun_setup(model_store, tmp_path)
+    cfg = _ledgerless_rerun_setup(random_model_store, tmp_path)
     real_head = storage.head
 
     def head(uri: str) -> dict:

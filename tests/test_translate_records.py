@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from helpers import random_version
 
 from cyclegan_jobs import cli, images, ledger, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
@@ -35,13 +34,6 @@ from cyclegan_jobs.sample_data import synthetic_faces
 from cyclegan_jobs.translate import TranslateError, merge_runs, translate
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    store = str(tmp_path_factory.mktemp("records_models") / "store")
-    random_version(store, "tiny", SIZE)
-    return store
 
 
 # helpers ----------------------------------------------------------------------------------
@@ -98,9 +90,9 @@ def _store_full(operation: str, url: str) -> bool:
 
 
 def test_damaged_or_unreadable_ledger_segments_cost_heads_not_the_run(
-    model_store: str, moto_s3: str, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    random_model_store: str, moto_s3: str, caplog: pytest.LogCaptureFixture, monkeypatch: Any
 ) -> None:
-    cfg = _cfg(moto_s3, model_store)
+    cfg = _cfg(moto_s3, random_model_store)
     _put_faces(cfg.input, 4)
     assert translate(cfg)["counts"]["ok"] == 4
     [first] = _listed(f"{cfg.output}/_ledger")
@@ -143,10 +135,10 @@ def test_damaged_or_unreadable_ledger_segments_cost_heads_not_the_run(
 
 
 def test_a_no_reconstruct_run_compacting_the_ledger_keeps_the_full_runs_lines(
-    model_store: str, moto_s3: str, monkeypatch: Any
+    random_model_store: str, moto_s3: str, monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(ledger, "COMPACT_AFTER", 1)
-    cfg = _cfg(moto_s3, model_store)
+    cfg = _cfg(moto_s3, random_model_store)
     _put_faces(cfg.input, 4)
     assert translate(cfg)["counts"]["ok"] == 4
 
@@ -165,13 +157,13 @@ def test_a_no_reconstruct_run_compacting_the_ledger_keeps_the_full_runs_lines(
 
 
 def test_a_run_whose_records_are_not_stored_is_incomplete_and_its_outputs_still_count(
-    model_store: str, moto_s3: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    random_model_store: str, moto_s3: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = _cfg(moto_s3, model_store)
+    cfg = _cfg(moto_s3, random_model_store)
     _put_faces(cfg.input, 4)
     full = Fault(_store_full, 507, "XMinioStorageFull")
     args = ["translate", "--input", cfg.input, "--output", cfg.output, "--workers", "4"]
-    args += ["--model-store", model_store, "--work-dir", str(tmp_path / "work")]
+    args += ["--model-store", random_model_store, "--work-dir", str(tmp_path / "work")]
 
     rc = cli.main(args)
     captured = capsys.readouterr()
@@ -199,9 +191,9 @@ def test_a_run_whose_records_are_not_stored_is_incomplete_and_its_outputs_still_
 
 
 def test_the_ledger_segment_is_stored_even_when_the_manifest_is_not(
-    model_store: str, moto_s3: str
+    random_model_store: str, moto_s3: str
 ) -> None:
-    cfg = _cfg(moto_s3, model_store)
+    cfg = _cfg(moto_s3, random_model_store)
     _put_faces(cfg.input, 4)
     Fault(lambda op, url: op == "PutObject" and url.endswith("/manifest.jsonl"), 507, "Full")
 
@@ -221,8 +213,10 @@ def test_the_ledger_segment_is_stored_even_when_the_manifest_is_not(
 # 3. triage --------------------------------------------------------------------------------
 
 
-def test_a_check_that_fails_for_good_fails_that_input_alone(model_store: str, moto_s3: str) -> None:
-    cfg = _cfg(moto_s3, model_store, max_failure_rate=0.5)
+def test_a_check_that_fails_for_good_fails_that_input_alone(
+    random_model_store: str, moto_s3: str
+) -> None:
+    cfg = _cfg(moto_s3, random_model_store, max_failure_rate=0.5)
     rels = _put_faces(cfg.input, 4)
     assert translate(cfg)["counts"]["ok"] == 4
     storage.delete_prefix(f"{cfg.output}/_ledger")  # so the rerun asks each output (HEAD)
@@ -248,8 +242,8 @@ def test_a_check_that_fails_for_good_fails_that_input_alone(model_store: str, mo
 # 4. --limit -------------------------------------------------------------------------------
 
 
-def test_inputs_past_the_limit_are_in_the_manifest(model_store: str, moto_s3: str) -> None:
-    cfg = _cfg(moto_s3, model_store)
+def test_inputs_past_the_limit_are_in_the_manifest(random_model_store: str, moto_s3: str) -> None:
+    cfg = _cfg(moto_s3, random_model_store)
     rels = _put_faces(cfg.input, 6)
 
     first = translate(replace(cfg, limit=2))

@@ -30,7 +30,7 @@ from typing import Any
 import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
-from helpers import StallingProxy, free_port, random_version, s3_error
+from helpers import StallingProxy, free_port, s3_error
 
 from cyclegan_jobs import images, storage
 from cyclegan_jobs.cli import main
@@ -181,14 +181,6 @@ def test_a_dead_endpoint_fails_once_the_outage_wait_is_spent(wait: float, aws_en
 # 2. a feed worker that dies -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Random-weight tiny generators at 32 px: this is about the job's plumbing."""
-    store = str(tmp_path_factory.mktemp("stress_models") / "store")
-    random_version(store, "tiny", SIZE)
-    return store
-
-
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -198,7 +190,7 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 def test_a_killed_feed_worker_stops_the_run_within_seconds(
-    model_store: str, s3_server: local_s3.LocalS3, s3_bucket: str, tmp_path: Path
+    random_model_store: str, s3_server: local_s3.LocalS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     inp = f"{s3_bucket}/in"
     rels = [f"people/face_{i:03d}.jpg" for i in range(12)]
@@ -209,7 +201,7 @@ def test_a_killed_feed_worker_stops_the_run_within_seconds(
         # The workers read through the proxy; the output (and the run's records) is local.
         storage.configure(endpoint_url=proxy.url)
         cfg = TranslateConfig(
-            input=inp, output=str(tmp_path / "out"), model=model_store, batch_size=4,
+            input=inp, output=str(tmp_path / "out"), model=random_model_store, batch_size=4,
             feed_processes=2, work_dir=str(tmp_path / "work"),
         )  # fmt: skip
         assert cfg.stall_timeout == 120.0  # the default deadline the run must not wait for
