@@ -171,15 +171,24 @@ def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=No
     return layers.ReLU(name=f"{name}_out", dtype=dtype)(x)
 
 
-def build_generator(cfg: ModelConfig, *, name: str = "generator", dtype=None) -> keras.Model:
+def build_generator(
+    cfg: ModelConfig,
+    *,
+    name: str = "generator",
+    dtype=None,
+    any_size: bool = False,  # noqa: ANN001
+) -> keras.Model:
     """A generator for `cfg` (image_size x image_size x 3 in [-1, 1] -> same shape, tanh).
 
     `dtype` is a Keras dtype policy ("mixed_bfloat16", ...); the output is always float32.
+    `any_size`: the input is any height x width (multiples of 16), as for tiles; the same
+    weights fit either way, the layers being convolutions.
     """
+    side = None if any_size else cfg.image_size
     if cfg.architecture == "resnet":
-        return _resnet_generator(cfg, name=name, dtype=dtype)
+        return _resnet_generator(cfg, side, name=name, dtype=dtype)
     f = cfg.gen_filters
-    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    inputs = keras.Input(shape=(side, side, 3), name="image")
     x = inputs
     skips = []
     for i, filters in enumerate([f, f * 2, f * 4, f * 8]):
@@ -281,9 +290,9 @@ def _conv_norm_relu(x, filters, k, stride, *, name, dtype, up=None, pad=0):  # n
     return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def _resnet_generator(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
+def _resnet_generator(cfg: ModelConfig, side: int | None, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
     f = cfg.gen_filters
-    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    inputs = keras.Input(shape=(side, side, 3), name="image")
     x = _conv_norm_relu(inputs, f, 7, 1, pad=3, name="c7s1", dtype=dtype)
     x = _conv_norm_relu(x, f * 2, 3, 2, name="d128", dtype=dtype)
     x = _conv_norm_relu(x, f * 4, 3, 2, name="d256", dtype=dtype)

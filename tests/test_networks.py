@@ -314,3 +314,33 @@ def test_input_skip_feeds_the_input_image_to_a_full_resolution_last_conv(
     assert preset("seed")[0].input_skip is False and preset("tiny")[0].input_skip is False
     with pytest.raises(ConfigError, match="unet_res"):
         dataclasses.replace(preset("paper", 32)[0], input_skip=True)
+
+
+# The seed's U-Net (tiny: the same topology) reaches 79 px from an output pixel: 4x4 convs at
+# /2../16 and the transposed ones back up. Tiles need at least this margin to match whole images.
+UNET_REACH = 79
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_any_size_generators_take_the_same_weights_and_rectangles(name: str) -> None:
+    cfg = preset(name, 32)[0]
+    fixed = build_generator(cfg)
+    free = build_generator(cfg, any_size=True)
+    free.set_weights(fixed.get_weights())
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    assert np.array_equal(free(x, training=False), fixed(x, training=False))
+    assert free(np.zeros((1, 48, 80, 3), np.float32)).shape == (1, 48, 80, 3)
+
+
+def test_the_unet_reaches_exactly_its_receptive_field() -> None:
+    """One input pixel changed moves outputs up to UNET_REACH px away, and none further: the
+    margin tiles need (cyclegan_jobs/tiles.py)."""
+    keras.utils.set_random_seed(0)
+    net = build_generator(preset("tiny")[0], any_size=True)
+    n = 2 * UNET_REACH + 34  # a multiple of 16, wide enough to see past the reach
+    x = np.random.default_rng(0).uniform(-1, 1, (1, n, n, 3)).astype(np.float32)
+    before = net(x, training=False).numpy()
+    x[0, n // 2, n // 2] += 0.5
+    moved = np.abs(net(x, training=False).numpy() - before).max(axis=-1)[0] > 0
+    rows, cols = np.nonzero(moved)
+    assert max(abs(rows - n // 2).max(), abs(cols - n // 2).max()) == UNET_REACH

@@ -1,0 +1,101 @@
+"""Cutting an image into overlapping tiles of one shape, and putting the outputs back.
+
+A fully convolutional generator's output pixel depends only on the input within its receptive
+field. So an image of any size can go through the network in tiles of one fixed shape (full
+batches, one traced function), and each output pixel is taken from the tile in which it lies
+at least `margin` pixels from every cut edge: when the margin covers the receptive field that
+matters, the stitched output equals whole-image inference, with no seam and no blending.
+
+Along each axis the windows start at multiples of the core (tile - 2 * margin), the last one
+moved back to end at the image's edge, so a window never hangs over an edge of an image that is
+at least a tile long: the image's own borders are treated exactly as in whole-image inference.
+An axis shorter than a tile is padded (reflect) to the tile and cropped afterwards.
+Each output pixel is written once, straight into a uint8 result: no float canvas, no weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Span:
+    """One window along an axis: the input [start, start + tile) (clipped to the image, padded
+    when the axis is shorter than a tile) and the output rows [lo, hi) it supplies."""
+
+    start: int
+    lo: int
+    hi: int
+
+
+def spans(length: int, tile: int, margin: int) -> list[Span]:
+    """The windows along an axis of `length` pixels (see the module's docstring)."""
+    if length < 1 or tile < 1 or margin < 0:
+        raise ValueError(f"length {length}, tile {tile}, margin {margin}")
+    core = tile - 2 * margin
+    if core < 1:
+        raise ValueError(f"a tile of {tile} has no core with a margin of {margin}")
+    if length <= tile:
+        return [Span(0, 0, length)]
+    starts = [min(i * core, length - tile) for i in range(math.ceil((length - tile) / core) + 1)]
+    # Consecutive windows overlap by at least 2 * margin; each takes its half of the overlap.
+    cuts = [(a + tile + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
+    bounds = [0, *cuts, length]
+    return [Span(s, lo, hi) for s, lo, hi in zip(starts, bounds, bounds[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The tiles of one height x width image."""
+
+    height: int
+    width: int
+    tile: int
+    margin: int
+
+    @property
+    def rows(self) -> list[Span]:
+        return spans(self.height, self.tile, self.margin)
+
+    @property
+    def cols(self) -> list[Span]:
+        return spans(self.width, self.tile, self.margin)
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def area_ratio(self) -> float:
+        """The tiles' pixels over the image's: what tiling costs in model work."""
+        return len(self) * self.tile * self.tile / (self.height * self.width)
+
+
+def cut(image: np.ndarray, grid: Grid) -> Iterator[np.ndarray]:
+    """The tiles of `image` (H x W x C) in row-major order, each tile x tile x C (views where
+    possible; copies only where an axis shorter than a tile is padded)."""
+    for row in grid.rows:
+        for col in grid.cols:
+            window = image[row.start : row.start + grid.tile, col.start : col.start + grid.tile]
+            pad_y, pad_x = grid.tile - window.shape[0], grid.tile - window.shape[1]
+            if pad_y or pad_x:
+                window = _reflect(window, pad_y, pad_x)
+            yield window
+
+
+def _reflect(window: np.ndarray, pad_y: int, pad_x: int) -> np.ndarray:
+    # numpy's reflect needs at least 2 pixels along a padded axis; 1 pixel is repeated instead.
+    modes = ["reflect" if n > 1 else "edge" for n in window.shape[:2]]
+    out = np.pad(window, ((0, pad_y), (0, 0), (0, 0)), mode=modes[0])
+    return np.pad(out, ((0, 0), (0, pad_x), (0, 0)), mode=modes[1])
+
+
+def paste(out: np.ndarray, tile_out: np.ndarray, grid: Grid, index: int) -> None:
+    """Write the part of tile `index`'s output that it supplies into `out` (H x W x C)."""
+    cols = grid.cols
+    row, col = grid.rows[index // len(cols)], cols[index % len(cols)]
+    out[row.lo : row.hi, col.lo : col.hi] = tile_out[
+        row.lo - row.start : row.hi - row.start, col.lo - col.start : col.hi - col.start
+    ]

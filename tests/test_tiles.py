@@ -1,0 +1,86 @@
+"""Tiling (cyclegan_jobs/tiles.py): windows that cover an image once with a margin from every cut,
+and a stitched result equal to whole-image processing for any operator whose reach is within the
+margin (a stand-in for the generator's receptive field, without TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyclegan_jobs.tiles import Grid, cut, paste, spans
+
+
+def _box_sum(image: np.ndarray, reach: int) -> np.ndarray:
+    """Each pixel: the sum over the (2 * reach + 1)^2 square around it, zeros outside the image
+    (a convolution with 'same' zero padding, as the networks' layers pad)."""
+    x = np.pad(image.astype(np.int64), ((reach + 1, reach), (reach + 1, reach), (0, 0)))
+    c = x.cumsum(0).cumsum(1)
+    k = 2 * reach + 1
+    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+
+
+def _tiled(image: np.ndarray, grid: Grid, op) -> np.ndarray:  # noqa: ANN001
+    out = np.zeros(image.shape, np.int64)
+    for i, tile in enumerate(cut(image, grid)):
+        assert tile.shape[:2] == (grid.tile, grid.tile)
+        paste(out, op(tile), grid, i)
+    return out
+
+
+@pytest.mark.parametrize("length", [1, 5, 63, 64, 65, 200, 511, 1000, 4032])
+@pytest.mark.parametrize(("tile", "margin"), [(64, 8), (64, 0), (256, 48), (100, 49)])
+def test_windows_cover_each_pixel_once_at_least_a_margin_from_every_cut(
+    length: int, tile: int, margin: int
+) -> None:
+    windows = spans(length, tile, margin)
+    assert windows[0].lo == 0 and windows[-1].hi == length
+    for a, b in zip(windows, windows[1:], strict=False):
+        assert a.hi == b.lo and a.lo < a.hi  # in order, no gap, no pixel twice
+    for w in windows:
+        assert w.start <= w.lo and w.hi <= w.start + tile
+        if length >= tile:  # no window hangs over the image
+            assert 0 <= w.start and w.start + tile <= length
+        cut_before, cut_after = w.start > 0, w.start + tile < length
+        assert not cut_before or w.lo - w.start >= margin, w
+        assert not cut_after or w.start + tile - w.hi >= margin, w
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 400), (257, 1000), (64, 64), (130, 70)])
+def test_stitched_equals_whole_image_when_the_reach_is_within_the_margin(
+    height: int, width: int
+) -> None:
+    rng = np.random.default_rng(height * width)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    grid = Grid(height, width, tile=64, margin=8)
+    whole = _box_sum(image, 8)
+    assert np.array_equal(_tiled(image, grid, lambda t: _box_sum(t, 8)), whole)
+    # The control: an operator reaching past the margin shows the seams (where there are any).
+    seams = not np.array_equal(_tiled(image, grid, lambda t: _box_sum(t, 12)), _box_sum(image, 12))
+    assert seams == (len(grid) > 1)
+
+
+def test_an_image_smaller_than_a_tile_is_padded_then_cropped_not_stretched() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    grid = Grid(23, 37, tile=64, margin=8)
+    [tile] = list(cut(image, grid))
+    assert np.array_equal(tile[:23, :37], image)  # the image itself, at its own scale
+    assert np.array_equal(tile[23:25, :37], image[21:19:-1])  # then its reflection
+    out = np.zeros_like(image)
+    paste(out, tile[..., ::-1], grid, 0)
+    assert np.array_equal(out, image[..., ::-1])
+
+
+def test_a_one_pixel_line_is_padded_by_repetition() -> None:
+    image = np.arange(30, dtype=np.uint8).reshape(1, 10, 3)
+    [tile] = list(cut(image, Grid(1, 10, tile=16, margin=2)))
+    assert tile.shape == (16, 16, 3) and np.array_equal(tile[5, :10], image[0])
+
+
+def test_the_area_ratio_counts_the_overlap() -> None:
+    grid = Grid(3024, 4032, tile=1024, margin=64)
+    rows, cols = len(grid.rows), len(grid.cols)
+    assert (rows, cols) == (4, 5)  # core 896: ceil((3024 - 1024) / 896) + 1, and for 4032
+    assert grid.area_ratio() == pytest.approx(rows * cols * 1024**2 / (3024 * 4032))
+    with pytest.raises(ValueError, match="no core"):
+        spans(100, 64, 32)
