@@ -34,7 +34,7 @@ class ImageDecodeError(ValueError):
 class Decoded:
     """A picture shrunk for the model, and the upright size of the original."""
 
-    image: np.ndarray  # uint8 size x size x 3
+    image: np.ndarray  # uint8 H x W x 3 (size x size from decode_for_model)
     height: int  # the original's upright size, full resolution (before any JPEG draft)
     width: int
 
@@ -85,6 +85,42 @@ def decode_for_model(
                 img = Image.fromarray(_to_rgb_array(img))
             small = img.resize((size, size), Image.Resampling.BICUBIC)
         return Decoded(_to_rgb_array(_transpose(small, orientation)), height, width)
+
+
+def scaled_size(height: int, width: int, long_side: int | None) -> tuple[int, int]:
+    """(height, width) with the long side `long_side` and the aspect kept (None: unchanged)."""
+    if long_side is None:
+        return height, width
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def decode_at_size(
+    data: bytes, long_side: int | None, *, max_pixels: int = 50_000_000, budget: Any = None
+) -> Decoded:
+    """Decode as decode_image does, upright, with its long side `long_side` (None: the
+    picture's own size) and its aspect kept: never squashed to a square.
+
+    As decode_for_model: the pixels are decoded only inside `budget.hold(pixels)`, a JPEG at
+    the smallest draft scale that is still at least the target, and the resize happens before
+    the rotation. `height` and `width` are the original's upright size.
+    """
+    with _opened(data, max_pixels) as img:
+        orientation = _orientation(img)
+        width, height = img.size  # as stored, before the draft: the real resolution
+        target_h, target_w = scaled_size(height, width, long_side)  # as stored
+        if long_side is not None and img.format in ("JPEG", "MPO"):
+            img.draft(None, (target_w, target_h))
+        with (budget or _NoBudget()).hold(img.size[0] * img.size[1]):
+            img.load()
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, 16-bit, float...
+                img = Image.fromarray(_to_rgb_array(img))
+            if img.size != (target_w, target_h):
+                img = img.resize((target_w, target_h), Image.Resampling.BICUBIC)
+        upright = _to_rgb_array(_transpose(img, orientation))
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return Decoded(upright, height, width)
 
 
 @contextmanager

@@ -253,3 +253,70 @@ def test_png_encoding_is_lossless_for_rgb_gray_and_strided_arrays(level: int) ->
         data = encode_png(picture, compress_level=level)
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
         assert len(data) < picture.nbytes  # compressed, not stored
+
+
+# decode_at_size: the picture's own shape (issue 20) ----------------------------------------
+
+
+def _asymmetric(height: int, width: int) -> np.ndarray:
+    """Blue, with a red block in the top-left corner: any rotation or flip moves it."""
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[:] = BLUE
+    picture[: height // 4, : width // 4] = RED
+    return picture
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("long_side", [None, 60])
+def test_decode_at_size_is_upright_and_keeps_the_aspect(
+    orientation: int, long_side: int | None
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _save(Image.fromarray(_asymmetric(90, 120)), "PNG", exif=exif.tobytes())
+    decoded = images.decode_at_size(data, long_side)
+    upright = decode_image(data)  # the same picture, upright at full size (tested above)
+    assert (decoded.height, decoded.width) == upright.shape[:2]
+    assert decoded.image.shape[:2] == images.scaled_size(*upright.shape[:2], long_side)
+    expected = images.resize(upright, decoded.image.shape[:2])
+    assert np.abs(decoded.image.astype(int) - expected).mean() < 3
+
+
+@pytest.mark.parametrize(
+    ("shape", "long_side", "out"),
+    [((23, 37), None, (23, 37)), ((23, 37), 256, (159, 256)), ((800, 3000), 256, (68, 256)),
+     ((3000, 800), 256, (256, 68)), ((4, 1000), 100, (1, 100))],
+)  # fmt: skip
+def test_tiny_images_and_panoramas_keep_their_shape(
+    shape: tuple[int, int], long_side: int | None, out: tuple[int, int]
+) -> None:
+    data = _save(Image.fromarray(_asymmetric(*shape)), "PNG")
+    decoded = images.decode_at_size(data, long_side)
+    assert decoded.image.shape == (*out, 3) and (decoded.height, decoded.width) == shape
+
+
+def test_decode_at_size_handles_16_bit_palette_and_rgba() -> None:
+    rows = np.linspace(0, 65535, 64, dtype=">u2").reshape(8, 8)
+    sixteen = images.decode_at_size(
+        _png(8, 8, 0, 16, b"".join(b"\0" + r.tobytes() for r in rows)), 16
+    )
+    assert sixteen.image.shape == (16, 16, 3) and sixteen.image.max() > 240  # scaled, not clipped
+    palette = Image.fromarray(_asymmetric(30, 50)).convert("P")
+    assert images.decode_at_size(_save(palette, "PNG"), None).image.shape == (30, 50, 3)
+    rgba = np.zeros((10, 20, 4), np.uint8)  # fully transparent: white
+    white = images.decode_at_size(_save(Image.fromarray(rgba), "PNG"), 40).image
+    assert white.shape == (20, 40, 3) and white.min() == 255
+
+
+def test_a_jpeg_is_decoded_at_a_draft_scale_no_smaller_than_the_target() -> None:
+    big = np.repeat(np.repeat(GRADIENT, 16, axis=0), 16, axis=1)  # 384 x 512
+    held: list[int] = []
+
+    class Budget:
+        def hold(self, pixels: int):  # noqa: ANN202
+            held.append(pixels)
+            return images._NoBudget().hold(pixels)
+
+    decoded = images.decode_at_size(_save(Image.fromarray(big), "JPEG"), 100, budget=Budget())
+    assert decoded.image.shape == (75, 100, 3)
+    assert 75 * 100 <= held[0] <= 384 * 512 // 4  # a 1/2 or smaller draft, never below target
