@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,3 +100,58 @@ def paste(out: np.ndarray, tile_out: np.ndarray, grid: Grid, index: int) -> None
     out[row.lo : row.hi, col.lo : col.hi] = tile_out[
         row.lo - row.start : row.hi - row.start, col.lo - col.start : col.hi - col.start
     ]
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """Where a tile came from: the image's slot in the Stitcher and the tile's index in its grid."""
+
+    slot: int
+    index: int
+
+
+@dataclass
+class _Pending:
+    key: Any
+    grid: Grid
+    outputs: list[np.ndarray]
+    missing: int
+
+
+class Stitcher:
+    """Images in, tiles out; tile outputs in, whole outputs out, for a stream of many images
+    whose tiles travel together in the same batches.
+
+    `add(key, image)` gives the image's tiles with their refs and keeps `outputs` uint8 canvases
+    of its size; `put(ref, tile_outputs)` pastes them, and returns (key, canvases) when that was
+    the image's last tile. `pixels` is what the canvases in flight hold, for the pixel budget.
+    """
+
+    def __init__(self, tile: int, margin: int, outputs: int) -> None:
+        self.tile, self.margin, self.n_outputs = tile, margin, outputs
+        self._pending: dict[int, _Pending] = {}
+        self._next_slot = 0
+        self.pixels = 0
+
+    def add(self, key: Any, image: np.ndarray) -> list[tuple[TileRef, np.ndarray]]:
+        grid = Grid(image.shape[0], image.shape[1], self.tile, self.margin)
+        slot, self._next_slot = self._next_slot, self._next_slot + 1
+        canvases = [np.empty(image.shape, np.uint8) for _ in range(self.n_outputs)]
+        self._pending[slot] = _Pending(key, grid, canvases, len(grid))
+        self.pixels += grid.height * grid.width * self.n_outputs
+        return [(TileRef(slot, i), t) for i, t in enumerate(cut(image, grid))]
+
+    def put(self, ref: TileRef, tile_outputs: list[np.ndarray]) -> tuple[Any, list] | None:
+        pending = self._pending[ref.slot]
+        for canvas, tile_out in zip(pending.outputs, tile_outputs, strict=True):
+            paste(canvas, tile_out, pending.grid, ref.index)
+        pending.missing -= 1
+        if pending.missing:
+            return None
+        del self._pending[ref.slot]
+        self.pixels -= pending.grid.height * pending.grid.width * self.n_outputs
+        return pending.key, pending.outputs
+
+    def __len__(self) -> int:
+        """Images with tiles still to come back."""
+        return len(self._pending)

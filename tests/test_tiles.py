@@ -84,3 +84,35 @@ def test_the_area_ratio_counts_the_overlap() -> None:
     assert grid.area_ratio() == pytest.approx(rows * cols * 1024**2 / (3024 * 4032))
     with pytest.raises(ValueError, match="no core"):
         spans(100, 64, 32)
+
+
+def test_the_stitcher_puts_interleaved_tiles_of_many_images_back_together() -> None:
+    """Tiles of several images, shuffled across batches as tf.data would mix them, each through
+    an operator whose reach is within the margin: every image comes back whole, equal to the
+    operator on the whole image, once, and the canvases' pixels are released."""
+    from cyclegan_jobs.tiles import Stitcher
+
+    rng = np.random.default_rng(9)
+    shapes = [(300, 400), (23, 37), (64, 64), (130, 500), (1, 90)]
+    pictures = {
+        f"p{i}": rng.integers(0, 256, (*s, 3), dtype=np.uint8) for i, s in enumerate(shapes)
+    }
+    stitcher = Stitcher(tile=64, margin=8, outputs=2)
+    tiles = [t for key, p in pictures.items() for t in stitcher.add(key, p)]
+    assert stitcher.pixels == 2 * sum(h * w for h, w in shapes) and len(stitcher) == len(shapes)
+    done = {}
+    for i in rng.permutation(len(tiles)):
+        ref, tile = tiles[i]
+        blurred = np.clip(_box_sum(tile, 8) // 289, 0, 255).astype(np.uint8)
+        finished = stitcher.put(ref, [blurred, 255 - tile])
+        if finished is not None:
+            key, outputs = finished
+            assert key not in done
+            done[key] = outputs
+    assert set(done) == set(pictures) and stitcher.pixels == 0 and len(stitcher) == 0
+    for key, (blurred, inverted) in done.items():
+        picture = pictures[key]
+        assert np.array_equal(inverted, 255 - picture)
+        if min(picture.shape[:2]) >= 64:  # no reflect padding: exactly the whole-image result
+            assert np.array_equal(blurred, np.clip(_box_sum(picture, 8) // 289, 0, 255))
+        assert blurred.shape == picture.shape
