@@ -64,6 +64,15 @@ _UPSAMPLE_HELP = (
 ).replace("%", "%%")  # argparse formats help with %
 
 
+def _size(text: str) -> int | str:
+    if text == "native":
+        return text
+    try:
+        return _positive(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'native' or a number of pixels, got {text!r}") from None
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -144,7 +153,14 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--direction", default="b2a", choices=DIRECTIONS, help="b2a: photo -> paint")
     x.add_argument("--batch-size", type=_positive, default=32)
     x.add_argument("--no-reconstruct", action="store_true", help="skip the cycle back")
-    x.add_argument("--keep-size", action="store_true", help="outputs at the input's size")
+    x.add_argument("--size", type=_size, default=None, help="the outputs' long side in pixels, "
+                   "or native: the input's own size; the aspect is always kept (default: the "
+                   "model's image size)")  # fmt: skip
+    x.add_argument("--keep-size", action="store_true", help="the same as --size native")
+    x.add_argument("--tile", type=_positive, default=1024, help="larger pictures go through "
+                   "the model in tiles of this many pixels square (a multiple of 16)")  # fmt: skip
+    x.add_argument("--tile-margin", type=int, default=48, help="pixels of context each tile "
+                   "keeps around what it contributes (no seams at 48; see tiles.py)")  # fmt: skip
     x.add_argument("--format", default="png", choices=FORMATS)
     x.add_argument("--precision", default="auto", choices=PRECISIONS)
     x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")

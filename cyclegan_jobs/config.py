@@ -224,7 +224,14 @@ class TranslateConfig:
     direction: str = "b2a"  # b2a: photos through generator_BA to paintings, as the seed's demo
     batch_size: int = 32
     reconstruct: bool = True
-    keep_size: bool = False
+    keep_size: bool = False  # the same as size="native"
+    # The outputs' size, the aspect always kept: None, the model's image size as the long side;
+    # N, a long side of N pixels; "native", the input's own upright size.
+    size: int | str | None = None
+    # Larger pictures go through the model in tiles of tile x tile (a multiple of 16), each
+    # output pixel from a tile where it lies at least tile_margin from a cut (see tiles.py).
+    tile: int = 1024
+    tile_margin: int = 48
     format: str = "png"
     precision: str = "auto"
     shard: tuple[int, int] = (0, 1)  # (index, count): a stable, disjoint subset of the inputs
@@ -268,8 +275,21 @@ class TranslateConfig:
             (self.feed_processes >= 0, "feed processes must be >= 0"),
             (self.stall_timeout > 0, "stall timeout must be > 0 seconds"),
             (self.s3_outage_wait >= 0, "the S3 outage wait must be >= 0 seconds"),
+            (
+                self.size in (None, "native") or (isinstance(self.size, int) and self.size >= 1),
+                f"size must be 'native' or a long side in pixels >= 1, got {self.size!r}",
+            ),
+            (
+                self.tile >= 16 and self.tile % 16 == 0 and self.tile > 2 * self.tile_margin >= 0,
+                f"tile {self.tile} must be a multiple of 16 larger than twice the margin "
+                f"{self.tile_margin} (>= 0)",
+            ),
         ]
         bad = [message for ok, message in problems if not ok]
+        if self.keep_size and self.size not in (None, "native"):
+            bad.append(f"--keep-size is --size native, not {self.size!r}")
+        if self.keep_size:
+            object.__setattr__(self, "size", "native")
         overlap = _overlap(self.input, self.output)
         if overlap:
             bad.append(overlap)

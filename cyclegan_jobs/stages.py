@@ -14,7 +14,6 @@ import errno
 import hashlib
 import json
 import logging
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UP_TO_DATE = "up to date"
-_UNBOUNDED = PixelBudget(sys.maxsize)  # for a Store used outside translate's pipeline
 # A full or read-only disk fails every write alike: stop instead of failing each image.
 _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
@@ -44,7 +42,7 @@ class Item:
     info: storage.ObjectInfo
     status: str = "ready"  # ready | ok | skipped | failed | pending (dry run)
     reason: str = ""
-    image: np.ndarray | None = None  # the model's input: size x size, uint8
+    image: np.ndarray | None = None  # the model's input, uint8 H x W x 3 at the output size
     height: int = 0  # the original's upright size
     width: int = 0
     input_bytes: int = 0
@@ -170,13 +168,15 @@ class Triage:
 # 3. load ----------------------------------------------------------------------------------
 
 
-def load(item: Item, *, size: int, max_pixels: int, budget: PixelBudget | None = None) -> Item:
-    """GET and decode one input into the model's size, within the pixel budget (in a worker
-    process: the budget it shares with the others)."""
+def load(
+    item: Item, *, long_side: int | None, max_pixels: int, budget: PixelBudget | None = None
+) -> Item:
+    """GET and decode one input, upright, its long side `long_side` (None: its own size), its
+    aspect kept, within the pixel budget (in a worker process: the one it shares)."""
     try:
         data = storage.read_bytes(item.info.uri)
-        decoded = images.decode_for_model(
-            data, size, max_pixels=max_pixels, budget=budget or child_budget()
+        decoded = images.decode_at_size(
+            data, long_side, max_pixels=max_pixels, budget=budget or child_budget()
         )
     except images.ImageDecodeError as err:
         return item.fail(err.reason)
@@ -202,9 +202,7 @@ class Store:
 
     output: str
     fmt: str
-    keep_size: bool
     rule: ledger.Rule
-    budget: PixelBudget | None = None  # None in a worker process: the one it shares
 
     def __call__(self, job: tuple[Item, list[str], list[np.ndarray]]) -> Item:
         item, targets, outs = job
@@ -227,15 +225,11 @@ class Store:
     def _write(self, item: Item, targets: list[str], outs: list[np.ndarray]) -> None:
         metadata = self.rule.metadata(item.info.rel, item.info.etag)
         content_type = "image/png" if self.fmt == "png" else "image/jpeg"
-        pixels = item.height * item.width * len(outs) if self.keep_size else 0
-        with (self.budget or child_budget() or _UNBOUNDED).hold(pixels):
-            for target, picture in zip(targets, outs, strict=True):
-                if self.keep_size:
-                    picture = images.resize(picture, (item.height, item.width))
-                data = _encode(picture, self.fmt)
-                uri = storage.join(self.output, target)
-                etag = storage.write_bytes(uri, data, metadata=metadata, content_type=content_type)
-                item.outputs[target], item.output_bytes[uri] = etag, len(data)
+        for target, picture in zip(targets, outs, strict=True):
+            data = _encode(picture, self.fmt)
+            uri = storage.join(self.output, target)
+            etag = storage.write_bytes(uri, data, metadata=metadata, content_type=content_type)
+            item.outputs[target], item.output_bytes[uri] = etag, len(data)
         item.status = "ok"
 
 

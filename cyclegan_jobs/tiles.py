@@ -16,6 +16,7 @@ Each output pixel is written once, straight into a uint8 result: no float canvas
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,27 +130,31 @@ class Stitcher:
 
     def __init__(self, tile: int, margin: int, outputs: int) -> None:
         self.tile, self.margin, self.n_outputs = tile, margin, outputs
+        self._lock = threading.Lock()  # add() and put() may run in different threads
         self._pending: dict[int, _Pending] = {}
         self._next_slot = 0
         self.pixels = 0
 
     def add(self, key: Any, image: np.ndarray) -> list[tuple[TileRef, np.ndarray]]:
         grid = Grid(image.shape[0], image.shape[1], self.tile, self.margin)
-        slot, self._next_slot = self._next_slot, self._next_slot + 1
         canvases = [np.empty(image.shape, np.uint8) for _ in range(self.n_outputs)]
-        self._pending[slot] = _Pending(key, grid, canvases, len(grid))
-        self.pixels += grid.height * grid.width * self.n_outputs
+        with self._lock:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
+            self._pending[slot] = _Pending(key, grid, canvases, len(grid))
+            self.pixels += grid.height * grid.width * self.n_outputs
         return [(TileRef(slot, i), t) for i, t in enumerate(cut(image, grid))]
 
     def put(self, ref: TileRef, tile_outputs: list[np.ndarray]) -> tuple[Any, list] | None:
-        pending = self._pending[ref.slot]
+        with self._lock:
+            pending = self._pending[ref.slot]
         for canvas, tile_out in zip(pending.outputs, tile_outputs, strict=True):
             paste(canvas, tile_out, pending.grid, ref.index)
-        pending.missing -= 1
-        if pending.missing:
-            return None
-        del self._pending[ref.slot]
-        self.pixels -= pending.grid.height * pending.grid.width * self.n_outputs
+        with self._lock:
+            pending.missing -= 1
+            if pending.missing:
+                return None
+            del self._pending[ref.slot]
+            self.pixels -= pending.grid.height * pending.grid.width * self.n_outputs
         return pending.key, pending.outputs
 
     def __len__(self) -> int:

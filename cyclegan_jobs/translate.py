@@ -46,6 +46,7 @@ from .stages import (
     sources,
     unsafe_reason,
 )
+from .tiles import Stitcher, TileRef
 from .workers import PixelBudget, Processes, Producer, StallClock, Systemic, Threads
 
 __all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
@@ -235,10 +236,12 @@ class Feed:
     for the driver, and the stream simply ends.
     """
 
-    def __init__(self, run: Run, items: Iterator[Item], loaders: Any, window: int):
+    def __init__(
+        self, run: Run, items: Iterator[Item], loaders: Any, window: int, stitcher: Stitcher
+    ):
         # Triage runs ahead in its own thread: its requests may block, the waits here may not.
         self.items = Producer(items, run.clock, window)
-        self.run, self.loaders, self.window = run, loaders, window
+        self.run, self.loaders, self.window, self.stitcher = run, loaders, window, stitcher
         self.error: BaseException | None = None
         self.stopped = False
 
@@ -268,55 +271,60 @@ class Feed:
             yield from self._take(self.loaders.next_result(self.run.clock))
 
     def _take(self, item: Item) -> Iterator[dict[str, Any]]:
+        """The item's tiles (the stitcher keeps the item until its outputs are whole)."""
         if item.status != "ready" or item.error is not None:
             self.run.record(item)
             return
         self.run.clock.tick()
-        yield {
-            "rel": item.info.rel,
-            "etag": item.info.etag,
-            "size": np.array([item.height, item.width, item.input_bytes], np.int64),
-            "image": item.image,
-        }
+        for ref, tile in self.stitcher.add(item, item.image):
+            yield {"tile": tile, "ref": np.array([ref.slot, ref.index], np.int64)}
 
 
-def _signature(size: int) -> dict[str, Any]:
+def _signature(tile: int) -> dict[str, Any]:
     import tensorflow as tf
 
     return {
-        "rel": tf.TensorSpec((), tf.string),
-        "etag": tf.TensorSpec((), tf.string),
-        "size": tf.TensorSpec((3,), tf.int64),  # upright height, width, input bytes
-        "image": tf.TensorSpec((size, size, 3), tf.uint8),
+        "tile": tf.TensorSpec((tile, tile, 3), tf.uint8),
+        "ref": tf.TensorSpec((2,), tf.int64),  # the image's slot in the stitcher, the tile's index
     }
 
 
-def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
-    """load -> batch -> infer -> store, until every item is recorded."""
-    import tensorflow as tf
+def _geometry(run: Run) -> tuple[int | None, int, int]:
+    """The outputs' long side (None: each input's own), the tile and its margin: one tile per
+    picture (no margin) when the long side fits in cfg.tile, else cfg.tile and cfg.tile_margin."""
+    cfg = run.cfg
+    long_side = None if cfg.size == "native" else (cfg.size or run.model_cfg.image_size)
+    if long_side is not None and long_side <= cfg.tile:
+        return long_side, -(-long_side // 16) * 16, 0
+    return long_side, cfg.tile, cfg.tile_margin
 
-    cfg, size = run.cfg, run.model_cfg.image_size
-    pool = None
+
+def _stages(run: Run, long_side: int | None) -> tuple[Any, Any, Any]:
+    """(worker processes or None, the load stage, the store stage)."""
+    cfg = run.cfg
+    load_one = partial(load, long_side=long_side, max_pixels=cfg.max_pixels)
     if cfg.feed_processes:  # children take seconds to start on a busy machine
         pool = Processes(cfg.feed_processes, cfg.pixel_budget, max(cfg.stall_timeout, 60.0))
-    if pool is not None:  # the children share one budget; stages find it there
-        run.budget = pool.budget
-        loaders = pool.stage(partial(load, size=size, max_pixels=cfg.max_pixels))
-        storers = pool.stage(Store(cfg.output, cfg.format, cfg.keep_size, run.rule))
-    else:  # a connection per load and store thread, and a few for the ledger and listing
-        storage.ensure_pool(2 * cfg.workers + 4)
-        loaders = Threads(
-            "load", partial(load, size=size, max_pixels=cfg.max_pixels, budget=run.budget),
-            cfg.workers,
-        )  # fmt: skip
-        storers = Threads(
-            "store", Store(cfg.output, cfg.format, cfg.keep_size, run.rule, run.budget), cfg.workers
-        )
+        run.budget = pool.budget  # the children share one budget; stages find it there
+        return pool, pool.stage(load_one), pool.stage(Store(cfg.output, cfg.format, run.rule))
+    storage.ensure_pool(2 * cfg.workers + 4)  # a connection per thread, a few for the rest
+    loaders = Threads("load", partial(load_one, budget=run.budget), cfg.workers)
+    return None, loaders, Threads("store", Store(cfg.output, cfg.format, run.rule), cfg.workers)
+
+
+def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
+    """load -> tiles -> batch -> infer -> stitch -> store, until every item is recorded."""
+    import tensorflow as tf
+
+    cfg = run.cfg
+    long_side, tile, margin = _geometry(run)
+    pool, loaders, storers = _stages(run, long_side)
+    stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
     run.clock.tick()  # starting TensorFlow and worker processes was not a stall
-    feed = Feed(run, items, loaders, window=window)
+    feed = Feed(run, items, loaders, window=window, stitcher=stitcher)
     batches = (
-        tf.data.Dataset.from_generator(feed, output_signature=_signature(size))
+        tf.data.Dataset.from_generator(feed, output_signature=_signature(tile))
         .batch(cfg.batch_size)
         .prefetch(1)
     )
@@ -324,13 +332,12 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     try:
         for batch in batches:
             if generators is None:  # only when there is work: a no-op rerun loads nothing
-                generators = _load_generators(run)
-            outs = _infer(run, generators, batch["image"].numpy())
-            for i, item in enumerate(_items(batch, cfg.input)):
-                job_outs = [o[i] for o in outs]
-                if len(run.sheet) < cfg.contact_sheet_rows:
-                    run.sheet.append([item.image, *job_outs])
-                storers.submit((item, triage.targets(item.info.rel), job_outs))
+                generators = _load_generators(run, tile)
+            outs = _infer(run, generators, batch["tile"].numpy())
+            for i, (slot, index) in enumerate(batch["ref"].numpy()):
+                whole = stitcher.put(TileRef(int(slot), int(index)), [o[i] for o in outs])
+                if whole is not None:
+                    _to_store(run, triage, storers, *whole)
             while storers.pending > 2 * cfg.batch_size:  # encoded-but-unwritten work bounded
                 run.record(storers.next_result(run.clock))
             _progress(run)
@@ -347,15 +354,37 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
             pool.close()
 
 
-def _load_generators(run: Run) -> Any:
+def _to_store(run: Run, triage: Triage, storers: Any, item: Item, outputs: list) -> None:
+    """A picture whose outputs are whole: a row of the contact sheet (thumbnails), then store."""
+    if len(run.sheet) < run.cfg.contact_sheet_rows:
+        cell = _sheet_cell(run)
+        run.sheet.append([_thumbnail(p, cell) for p in (item.image, *outputs)])
+    item.image = None  # not needed any more (and not sent to a store process)
+    storers.submit((item, triage.targets(item.info.rel), outputs))
+
+
+def _sheet_cell(run: Run) -> int:
+    return max(128, run.model_cfg.image_size)
+
+
+def _thumbnail(picture: np.ndarray, cell: int) -> np.ndarray:
+    height, width = picture.shape[:2]
+    if max(height, width) <= cell:
+        return picture
+    return images.resize(picture, images.scaled_size(height, width, cell))
+
+
+def _load_generators(run: Run, tile: int) -> Any:
+    """The run's generators, built for tile x tile inputs."""
     from .inference import Generators
 
     t = time.time()
     log.info("loading model %s", run.version)
     try:
         generators = Generators.load(
-            run.version_uri, run.model_cfg, run.cfg.precision, names=_nets(run.cfg)
-        )
+            run.version_uri, replace(run.model_cfg, image_size=tile), run.cfg.precision,
+            names=_nets(run.cfg),
+        )  # fmt: skip
     except registry.RegistryError as err:
         raise Systemic(str(err)) from err
     run.precision = generators.precision
@@ -382,21 +411,6 @@ def _infer(run: Run, generators: Any, batch: np.ndarray) -> list[np.ndarray]:
         run.timings["first_batch_at"] = time.time()
     run.clock.tick()
     return [stylized] if reconstructed is None else [stylized, reconstructed]
-
-
-def _items(batch: dict[str, Any], input_prefix: str) -> Iterator[Item]:
-    """The batch's items back from tensors (what the store stage needs of each)."""
-    fields = zip(
-        batch["rel"].numpy(),
-        batch["etag"].numpy(),
-        batch["size"].numpy(),
-        batch["image"].numpy(),
-        strict=True,
-    )
-    for rel, etag, (height, width, nbytes), image in fields:
-        key = rel.decode("utf-8")
-        info = storage.ObjectInfo(storage.join(input_prefix, key), key, -1, etag.decode())
-        yield Item(info, image=image, height=int(height), width=int(width), input_bytes=int(nbytes))
 
 
 def _progress(run: Run, every_s: float = 5.0) -> None:
@@ -585,9 +599,8 @@ def _mark_incomplete(run: Run, summary: dict[str, Any], missing: list[str]) -> N
 
 
 def _write_contact_sheet(run: Run, uri: str, stored: dict[str, str]) -> None:
-    size = run.model_cfg.image_size
     titles = ["input", "stylized", "reconstructed"][: len(run.sheet[0])]
-    png = images.encode_png(images.sample_grid(run.sheet, col_titles=titles, cell=max(128, size)))
+    png = images.encode_png(images.sample_grid(run.sheet, col_titles=titles, cell=_sheet_cell(run)))
     local = run.work / "contact_sheet.png"
     local.write_bytes(png)
     stored["contact_sheet_local"] = str(local)

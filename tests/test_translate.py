@@ -357,3 +357,36 @@ def test_mirrored_inference_splits_batches_across_devices(model_store) -> None: 
         [sys.executable, "-c", MIRRORED, model_store], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-3000:]
+
+
+def test_native_size_keeps_each_shape_and_tiles_stitch_like_whole_pictures(
+    model_store,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """--size native: a panorama, a 4:3 photo and a 37x23 thumbnail come back at their own size.
+    In tiles of 192 with a margin of 80 (the U-Net's reach is 79) the stylized pictures equal
+    those made in one tile each, exactly, away from the borders that the one-tile run pads."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shapes = {"pano": (96, 400), "photo": (240, 320), "thumb": (23, 37)}
+    rng = np.random.default_rng(4)
+    for name, (h, w) in shapes.items():
+        face = synthetic_faces(1, 64, seed=len(name))[0]
+        noisy = images.resize(face, (h, w)).astype(int) + rng.integers(-20, 21, (h, w, 3))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(inp / f"{name}.png")
+    runs = {"tiled": {"tile": 192, "tile_margin": 80}, "whole": {"tile": 400, "tile_margin": 0}}
+    for label, tiling in runs.items():
+        summary = translate(_cfg(str(inp), str(tmp_path / label), model_store, size="native",
+                                 precision="float32", **tiling))  # fmt: skip
+        assert summary["counts"]["ok"] == 3
+    for name, (h, w) in shapes.items():
+        tiled, whole = (
+            np.asarray(Image.open(tmp_path / label / "stylized" / f"{name}.png"), np.int16)
+            for label in runs
+        )
+        assert tiled.shape == whole.shape == (h, w, 3), name
+        inner = (slice(80, -80), slice(80, -80))
+        if tiled[inner].size:
+            # Exactly: with a margin of 8 the same photo had 69 pixels off by 1 (this model is
+            # weakly trained; trained ones show seams, benchmarks/seams.py).
+            assert np.array_equal(tiled[inner], whole[inner]), name
