@@ -52,7 +52,7 @@ def stage_functions() -> dict[tuple[Any, str], str]:
         (Image.Image, "save"): "PIL save (encode)",
         (Image, "fromarray"): "PIL fromarray",
     }
-    # Every public function of images.py (decode_image, decode_for_model, resize, encode_*...).
+    # Every public function of images.py (decode_image, decode_at_size, resize, encode_*...).
     for attr, value in vars(images).items():
         if callable(value) and not attr.startswith("_") and value.__module__ == images.__name__:
             if isinstance(value, type):

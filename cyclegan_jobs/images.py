@@ -34,15 +34,22 @@ class ImageDecodeError(ValueError):
 class Decoded:
     """A picture shrunk for the model, and the upright size of the original."""
 
-    image: np.ndarray  # uint8 H x W x 3 (size x size from decode_for_model)
+    image: np.ndarray  # uint8 H x W x 3
     height: int  # the original's upright size, full resolution (before any JPEG draft)
     width: int
+    held: int = 0  # pixels decode_at_size left held in its budget, for the caller to release
 
 
 class _NoBudget:
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         yield
+
+    def acquire(self, pixels: int) -> None:
+        pass
+
+    def release(self, pixels: int) -> None:
+        pass
 
 
 def decode_image(
@@ -63,30 +70,6 @@ def decode_image(
         return _to_rgb_array(_transpose(img, _orientation(img)))
 
 
-def decode_for_model(
-    data: bytes, size: int, *, max_pixels: int = 50_000_000, budget: Any = None
-) -> Decoded:
-    """Decode as decode_image does, shrunk to size x size, keeping peak memory low.
-
-    The pixels are decoded only inside `budget.hold(pixels)` (see translate's PixelBudget), the
-    shrink happens before the colour conversion and rotation, so at most one full-size copy
-    exists for RGB, RGBA, L and LA pictures; the original's upright size is kept for outputs
-    at the input's size.
-    """
-    with _opened(data, max_pixels) as img:
-        orientation = _orientation(img)
-        width, height = img.size  # before the draft: the real resolution
-        if orientation in _SWAPS_AXES:
-            width, height = height, width
-        _draft(img, size)
-        with (budget or _NoBudget()).hold(img.size[0] * img.size[1]):
-            img.load()
-            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, 16-bit, float...
-                img = Image.fromarray(_to_rgb_array(img))
-            small = img.resize((size, size), Image.Resampling.BICUBIC)
-        return Decoded(_to_rgb_array(_transpose(small, orientation)), height, width)
-
-
 def scaled_size(height: int, width: int, long_side: int | None) -> tuple[int, int]:
     """(height, width) with the long side `long_side` and the aspect kept (None: unchanged)."""
     if long_side is None:
@@ -96,31 +79,57 @@ def scaled_size(height: int, width: int, long_side: int | None) -> tuple[int, in
 
 
 def decode_at_size(
-    data: bytes, long_side: int | None, *, max_pixels: int = 50_000_000, budget: Any = None
+    data: bytes,
+    long_side: int | None,
+    *,
+    max_pixels: int = 50_000_000,
+    budget: Any = None,
+    keep: int = 0,
 ) -> Decoded:
     """Decode as decode_image does, upright, with its long side `long_side` (None: the
     picture's own size) and its aspect kept: never squashed to a square.
 
-    As decode_for_model: the pixels are decoded only inside `budget.hold(pixels)`, a JPEG at
-    the smallest draft scale that is still at least the target, and the resize happens before
-    the rotation. `height` and `width` are the original's upright size.
+    The pixels are decoded only once `budget` (see translate's PixelBudget) grants the decoded
+    picture's pixels plus (1 + keep) times the output's: the result and `keep` more pictures of
+    its size that the caller will make (a translation, a reconstruction). The decoded pixels
+    are given back once every full-size copy is gone; the rest stays held (`Decoded.held`) for
+    the caller to release. A JPEG is decoded at the smallest draft scale that is still at least
+    the target, and the resize happens before the rotation.
     """
+    budget = budget or _NoBudget()
     with _opened(data, max_pixels) as img:
-        orientation = _orientation(img)
         width, height = img.size  # as stored, before the draft: the real resolution
         target_h, target_w = scaled_size(height, width, long_side)  # as stored
         if long_side is not None and img.format in ("JPEG", "MPO"):
             img.draft(None, (target_w, target_h))
-        with (budget or _NoBudget()).hold(img.size[0] * img.size[1]):
-            img.load()
-            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, 16-bit, float...
-                img = Image.fromarray(_to_rgb_array(img))
-            if img.size != (target_w, target_h):
-                img = img.resize((target_w, target_h), Image.Resampling.BICUBIC)
-        upright = _to_rgb_array(_transpose(img, orientation))
+        decoded, kept = img.size[0] * img.size[1], target_h * target_w * (1 + keep)
+        budget.acquire(decoded + kept)
+        try:
+            img.load()  # before the EXIF: Pillow decodes a whole PNG to look for its eXIf chunk
+            orientation = _orientation(img)
+            upright = _to_rgb_array(_transpose(_shrunk(img, target_w, target_h), orientation))
+        except BaseException:
+            budget.release(decoded + kept)
+            raise
+    budget.release(decoded)  # img (the full-size decode) is closed: only `upright` is left
     if orientation in _SWAPS_AXES:
         width, height = height, width
-    return Decoded(upright, height, width)
+    return Decoded(upright, height, width, held=kept)
+
+
+def _shrunk(img: Image.Image, width: int, height: int) -> Image.Image:
+    """The loaded picture at width x height, in a mode _to_rgb_array takes, with as few
+    full-size copies as the mode allows (gray and palette pictures are resized before they
+    become RGB where they can be)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode not in ("RGB", "RGBA", "L", "LA"):  # CMYK, 16-bit, float...
+        img = Image.fromarray(_to_rgb_array(img))
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
+    return img
 
 
 @contextmanager

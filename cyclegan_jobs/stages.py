@@ -49,6 +49,7 @@ class Item:
     outputs: dict[str, str] = field(default_factory=dict)  # key under <output> -> ETag
     output_bytes: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None  # a systemic error met on this item
+    held: int = 0  # pixels of the run's budget this item holds (its picture and outputs)
 
     def fail(self, reason: str) -> Item:
         self.status, self.reason, self.image = "failed", reason, None
@@ -169,14 +170,20 @@ class Triage:
 
 
 def load(
-    item: Item, *, long_side: int | None, max_pixels: int, budget: PixelBudget | None = None
+    item: Item,
+    *,
+    long_side: int | None,
+    max_pixels: int,
+    outputs: int,
+    budget: PixelBudget | None = None,
 ) -> Item:
     """GET and decode one input, upright, its long side `long_side` (None: its own size), its
-    aspect kept, within the pixel budget (in a worker process: the one it shares)."""
+    aspect kept, within the pixel budget (in a worker process: the one it shares). The picture
+    and its `outputs` stay in the budget (`item.held`) until the run records the item."""
     try:
         data = storage.read_bytes(item.info.uri)
         decoded = images.decode_at_size(
-            data, long_side, max_pixels=max_pixels, budget=budget or child_budget()
+            data, long_side, max_pixels=max_pixels, budget=budget or child_budget(), keep=outputs
         )
     except images.ImageDecodeError as err:
         return item.fail(err.reason)
@@ -189,7 +196,7 @@ def load(
         log.exception("load %s", item.info.rel)
         return item.fail(f"load failed: {type(err).__name__}: {err}")
     item.image, item.height, item.width = decoded.image, decoded.height, decoded.width
-    item.input_bytes = len(data)
+    item.input_bytes, item.held = len(data), decoded.held
     return item
 
 

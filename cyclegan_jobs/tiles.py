@@ -125,7 +125,7 @@ class Stitcher:
 
     `add(key, image)` gives the image's tiles with their refs and keeps `outputs` uint8 canvases
     of its size; `put(ref, tile_outputs)` pastes them, and returns (key, canvases) when that was
-    the image's last tile. `pixels` is what the canvases in flight hold, for the pixel budget.
+    the image's last tile. (The translate job counts the canvases in the image's pixel budget.)
     """
 
     def __init__(self, tile: int, margin: int, outputs: int) -> None:
@@ -133,7 +133,11 @@ class Stitcher:
         self._lock = threading.Lock()  # add() and put() may run in different threads
         self._pending: dict[int, _Pending] = {}
         self._next_slot = 0
-        self.pixels = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """A tile's shape."""
+        return self.tile, self.tile, 3
 
     def add(self, key: Any, image: np.ndarray) -> list[tuple[TileRef, np.ndarray]]:
         grid = Grid(image.shape[0], image.shape[1], self.tile, self.margin)
@@ -141,7 +145,6 @@ class Stitcher:
         with self._lock:
             slot, self._next_slot = self._next_slot, self._next_slot + 1
             self._pending[slot] = _Pending(key, grid, canvases, len(grid))
-            self.pixels += grid.height * grid.width * self.n_outputs
         return [(TileRef(slot, i), t) for i, t in enumerate(cut(image, grid))]
 
     def put(self, ref: TileRef, tile_outputs: list[np.ndarray]) -> tuple[Any, list] | None:
@@ -154,7 +157,6 @@ class Stitcher:
             if pending.missing:
                 return None
             del self._pending[ref.slot]
-            self.pixels -= pending.grid.height * pending.grid.width * self.n_outputs
         return pending.key, pending.outputs
 
     def __len__(self) -> int:

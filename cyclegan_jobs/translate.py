@@ -57,6 +57,8 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RECORDS_TIMEOUT_S = 30.0
 # The reason of inputs a --limit run leaves for later (status "pending", as in a dry run).
 OVER_LIMIT = "over --limit"
+# A part-full batch waits this long for the loaders before it is filled up (see Feed._next).
+FLUSH_AFTER_S = 0.5
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -93,6 +95,8 @@ class Run:
 
     def record(self, item: Item) -> None:
         """An item's end: its manifest line (and ledger line); a systemic error stops the run."""
+        self.budget.release(item.held)  # its picture and outputs are gone
+        item.held = 0
         if item.error is not None:
             raise Systemic(str(item.error).splitlines()[0])
         self.manifest.add(item)
@@ -244,6 +248,7 @@ class Feed:
         self.run, self.loaders, self.window, self.stitcher = run, loaders, window, stitcher
         self.error: BaseException | None = None
         self.stopped = False
+        self.tiles = 0  # tiles yielded so far, fillers included
 
     def __call__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -266,9 +271,21 @@ class Feed:
             self.loaders.submit(item)
             # At the limit the loaded ones go first: the rest only needs its manifest lines.
             while self.loaders.pending >= self.window or (ready == limit and self.loaders.pending):
-                yield from self._take(self.loaders.next_result(self.run.clock))
+                yield from self._next()
         while self.loaders.pending and not self.stopped:
-            yield from self._take(self.loaders.next_result(self.run.clock))
+            yield from self._next()
+
+    def _next(self) -> Iterator[dict[str, Any]]:
+        """The next loaded item's tiles. When the loaders keep a part-full batch waiting, it is
+        filled up first: its tiles then go through the model and their pictures are stored,
+        giving back the pixels that the loaders may be waiting for."""
+        batch = self.run.cfg.batch_size
+        if self.tiles % batch and not self.loaders.ready(FLUSH_AFTER_S):
+            filler = np.zeros(self.stitcher.shape, np.uint8)
+            for _ in range(batch - self.tiles % batch):
+                yield {"tile": filler, "ref": np.array([-1, -1], np.int64)}
+            self.tiles = 0
+        yield from self._take(self.loaders.next_result(self.run.clock))
 
     def _take(self, item: Item) -> Iterator[dict[str, Any]]:
         """The item's tiles (the stitcher keeps the item until its outputs are whole)."""
@@ -277,6 +294,7 @@ class Feed:
             return
         self.run.clock.tick()
         for ref, tile in self.stitcher.add(item, item.image):
+            self.tiles += 1
             yield {"tile": tile, "ref": np.array([ref.slot, ref.index], np.int64)}
 
 
@@ -302,7 +320,8 @@ def _geometry(run: Run) -> tuple[int | None, int, int]:
 def _stages(run: Run, long_side: int | None) -> tuple[Any, Any, Any]:
     """(worker processes or None, the load stage, the store stage)."""
     cfg = run.cfg
-    load_one = partial(load, long_side=long_side, max_pixels=cfg.max_pixels)
+    outputs = 2 if cfg.reconstruct else 1
+    load_one = partial(load, long_side=long_side, max_pixels=cfg.max_pixels, outputs=outputs)
     if cfg.feed_processes:  # children take seconds to start on a busy machine
         pool = Processes(cfg.feed_processes, cfg.pixel_budget, max(cfg.stall_timeout, 60.0))
         run.budget = pool.budget  # the children share one budget; stages find it there
@@ -335,6 +354,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
                 generators = _load_generators(run, tile)
             outs = _infer(run, generators, batch["tile"].numpy())
             for i, (slot, index) in enumerate(batch["ref"].numpy()):
+                if slot < 0:  # a filler (see Feed._next)
+                    continue
                 whole = stitcher.put(TileRef(int(slot), int(index)), [o[i] for o in outs])
                 if whole is not None:
                     _to_store(run, triage, storers, *whole)
@@ -359,6 +380,8 @@ def _to_store(run: Run, triage: Triage, storers: Any, item: Item, outputs: list)
     if len(run.sheet) < run.cfg.contact_sheet_rows:
         cell = _sheet_cell(run)
         run.sheet.append([_thumbnail(p, cell) for p in (item.image, *outputs)])
+    run.budget.release(item.image.shape[0] * item.image.shape[1])
+    item.held -= item.image.shape[0] * item.image.shape[1]
     item.image = None  # not needed any more (and not sent to a store process)
     storers.submit((item, triage.targets(item.info.rel), outputs))
 

@@ -80,20 +80,29 @@ class PixelBudget:
     def peak(self) -> int:
         return int(self._peak.value)
 
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
+    def acquire(self, pixels: int) -> None:
+        """Wait until `pixels` fit (or nothing else is held), and take them."""
         with self._cond:
             self._cond.wait_for(
                 lambda: self._used.value == 0 or self._used.value + pixels <= self.limit
             )
             self._used.value += pixels
             self._peak.value = max(self._peak.value, self._used.value)
-        try:
-            yield
-        finally:
+
+    def release(self, pixels: int) -> None:
+        """Give back pixels taken by acquire() (in any thread or process sharing the budget)."""
+        if pixels:
             with self._cond:
                 self._used.value -= pixels
                 self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        self.acquire(pixels)
+        try:
+            yield
+        finally:
+            self.release(pixels)
 
 
 class Producer:
@@ -164,6 +173,14 @@ class _Results:
             if isinstance(result, BaseException):  # a worker process died under the job
                 raise Systemic(f"worker process failed: {result!r}")
             return result
+
+    def ready(self, wait_s: float = 0.0) -> bool:
+        """Whether a result is waiting (after waiting up to `wait_s` for one)."""
+        deadline = time.monotonic() + wait_s
+        while self.results.empty() and time.monotonic() < deadline:
+            self.watch()
+            time.sleep(0.01)
+        return not self.results.empty()
 
     def watch(self) -> None:
         """Raise Systemic when the workers can no longer deliver (threads always can)."""

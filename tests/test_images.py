@@ -312,11 +312,29 @@ def test_a_jpeg_is_decoded_at_a_draft_scale_no_smaller_than_the_target() -> None
     big = np.repeat(np.repeat(GRADIENT, 16, axis=0), 16, axis=1)  # 384 x 512
     held: list[int] = []
 
-    class Budget:
-        def hold(self, pixels: int):  # noqa: ANN202
+    class Budget(images._NoBudget):
+        def acquire(self, pixels: int) -> None:
             held.append(pixels)
-            return images._NoBudget().hold(pixels)
 
     decoded = images.decode_at_size(_save(Image.fromarray(big), "JPEG"), 100, budget=Budget())
     assert decoded.image.shape == (75, 100, 3)
-    assert 75 * 100 <= held[0] <= 384 * 512 // 4  # a 1/2 or smaller draft, never below target
+    decoded_pixels = held[0] - 75 * 100  # the budget also holds the result
+    assert 75 * 100 <= decoded_pixels <= 384 * 512 // 4  # a 1/2 or smaller draft, never below
+
+
+def test_decoding_holds_the_picture_and_its_outputs_in_the_budget_until_released() -> None:
+    """What decode_at_size leaves held is the result and `keep` pictures of its size, and the
+    full-size decode is given back; a picture that fails to decode gives everything back."""
+    from cyclegan_jobs.workers import PixelBudget
+
+    budget = PixelBudget(10**9)
+    big = np.repeat(np.repeat(GRADIENT, 16, axis=0), 16, axis=1)  # 384 x 512
+    decoded = images.decode_at_size(_save(Image.fromarray(big), "PNG"), 128, budget=budget, keep=2)
+    assert decoded.image.shape == (96, 128, 3)
+    assert budget.used == decoded.held == 3 * 96 * 128
+    assert budget.peak == 384 * 512 + 3 * 96 * 128
+    budget.release(decoded.held)
+    truncated = _save(Image.fromarray(big), "PNG")[:-400]
+    with pytest.raises(images.ImageDecodeError):
+        images.decode_at_size(truncated, None, budget=budget, keep=2)
+    assert budget.used == 0
