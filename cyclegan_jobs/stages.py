@@ -210,8 +210,11 @@ class Store:
     output: str
     fmt: str
     rule: ledger.Rule
+    budget: PixelBudget | None = None  # None in a worker process: the one it shares
 
     def __call__(self, job: tuple[Item, list[str], list[np.ndarray]]) -> Item:
+        """Write the outputs; then their pixels go back to the budget (here, not when the run
+        records the item: the driver may be waiting for a batch that needs those pixels)."""
         item, targets, outs = job
         try:
             self._write(item, targets, outs)
@@ -227,6 +230,11 @@ class Store:
         except Exception as err:  # never lose an image silently: it fails with the reason
             log.exception("store %s", item.info.rel)
             item.fail(f"write failed: {type(err).__name__}: {err}")
+        del outs, job
+        budget = self.budget or child_budget()
+        if budget is not None:
+            budget.release(item.held)
+            item.held = 0
         return item
 
     def _write(self, item: Item, targets: list[str], outs: list[np.ndarray]) -> None:

@@ -328,7 +328,8 @@ def _stages(run: Run, long_side: int | None) -> tuple[Any, Any, Any]:
         return pool, pool.stage(load_one), pool.stage(Store(cfg.output, cfg.format, run.rule))
     storage.ensure_pool(2 * cfg.workers + 4)  # a connection per thread, a few for the rest
     loaders = Threads("load", partial(load_one, budget=run.budget), cfg.workers)
-    return None, loaders, Threads("store", Store(cfg.output, cfg.format, run.rule), cfg.workers)
+    store = Store(cfg.output, cfg.format, run.rule, run.budget)
+    return None, loaders, Threads("store", store, cfg.workers)
 
 
 def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,28 @@ def test_native_size_keeps_each_shape_and_tiles_stitch_like_whole_pictures(
             # Exactly: with a margin of 8 the same photo had 69 pixels off by 1 (this model is
             # weakly trained; trained ones show seams, benchmarks/seams.py).
             assert np.array_equal(tiled[inner], whole[inner]), name
+
+
+def test_pictures_larger_than_the_pixel_budget_go_through_one_at_a_time(
+    model_store,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """A budget smaller than one picture lets one picture in at a time, and it stays held (its
+    input and outputs) until it is stored. Its 4 tiles do not fill a batch of 32: the feed must
+    fill the batch up rather than wait for the next picture, which waits for the budget."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_faces(1, 64, seed=i)[0]).resize((100, 80)).save(inp / f"{i}.png")
+    cfg = replace(_cfg(str(inp), str(tmp_path / "out"), model_store, size="native", tile=64,
+                       tile_margin=8, pixel_budget=1, stall_timeout=30), batch_size=32)  # fmt: skip
+    started = time.monotonic()
+    summary = translate(cfg)
+    assert summary["counts"]["ok"] == 3, summary["counts"]
+    assert time.monotonic() - started < 30
+    assert summary["pixel_budget"] == 1
+    # Each picture alone: its decode, then it and its two outputs.
+    assert summary["peak_pixels_in_flight"] == 100 * 80 + 3 * 100 * 80
+    for i in range(3):
+        for kind in ("stylized", "reconstructed"):
+            assert Image.open(tmp_path / "out" / kind / f"{i}.png").size == (100, 80)
