@@ -19,6 +19,7 @@ from .config import (
     STALL_TIMEOUT_S,
     UPSAMPLING,
     UPSAMPLING_HELP,
+    parse_size,
 )
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,11 @@ _UPSAMPLE_HELP = (
 ).replace("%", "%%")  # argparse formats help with %
 
 
-def _size(text: str) -> int | str:
-    if text == "native":
-        return text
+def _size(text: str) -> int | str | None:
     try:
-        return _positive(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'native' or a number of pixels, got {text!r}") from None
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _non_negative(text: str) -> int:
@@ -160,7 +159,7 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--tile", type=_positive, default=1024, help="larger pictures go through "
                    "the model in tiles of this many pixels square (a multiple of 16)")  # fmt: skip
     x.add_argument("--tile-margin", type=int, default=48, help="pixels of context each tile "
-                   "keeps around what it contributes (no seams at 48; see tiles.py)")  # fmt: skip
+                   "keeps around what it contributes (see benchmarks/seams.py)")  # fmt: skip
     x.add_argument("--format", default="png", choices=FORMATS)
     x.add_argument("--precision", default="auto", choices=PRECISIONS)
     x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")

@@ -214,6 +214,22 @@ FORMATS = ("png", "jpeg")
 SCOPES = ("new", "all")
 
 
+def parse_size(text: str | int | None) -> int | str | None:
+    """A size setting as users write it: "native", a long side in pixels, or None, "" or
+    "default" (the model's image size as the long side)."""
+    if text in (None, "", "default"):
+        return None
+    if text == "native":
+        return "native"
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or str(text).strip() != str(value):
+        raise ValueError(f"size must be 'native' or a long side in pixels >= 1, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TranslateConfig:
     """One batch translation job: inputs under a prefix -> stylized + reconstructed outputs."""
@@ -235,14 +251,15 @@ class TranslateConfig:
     format: str = "png"
     precision: str = "auto"
     shard: tuple[int, int] = (0, 1)  # (index, count): a stable, disjoint subset of the inputs
-    scope: str = "new"  # new: skip outputs of the same source ETag; all: and the same model
+    scope: str = "new"  # new: skip outputs of the same source ETag; all: same model and size
     limit: int | None = None
     keys: str | None = None  # a shard file (plan_shards) naming the inputs, instead of listing
     dry_run: bool = False
     max_failure_rate: float = 0.1
     max_pixels: int = 50_000_000  # larger inputs fail (decompression bombs, absurd scans)
-    # Decoded pixels in flight, over all threads: ~100 MP is ~0.4-1.2 GB of transient buffers
-    # (RGB to RGBA with copies), so a 4 GB worker survives a folder of 49 MP scans.
+    # Pixels in flight over all workers: each picture's decode while it is decoded, then the
+    # picture and its outputs until they are written (3-4 bytes a pixel, a few copies while
+    # decoding), so a 4 GB worker survives a folder of 49 MP scans at any --size.
     pixel_budget: int = 100_000_000
     stall_timeout: float = STALL_TIMEOUT_S  # no progress for this long: stop (exit 2), keep records
     # Per request (storage.set_outage_wait); the stall deadline still stops a run that waits

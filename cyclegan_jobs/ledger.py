@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ COMPACT_AFTER = 32
 # Object metadata keys (x-amz-meta-*) stored with every output.
 META_SOURCE_KEY, META_SOURCE_ETAG = "source-key", "source-etag"
 META_MODEL, META_DIRECTION = "model-version", "direction"
+META_SIZE = "size"
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,25 @@ class Rule:
 
     version: str
     direction: str
-    scope: str  # new: the same source ETag is enough; all: the same model version too
+    scope: str  # new: the same source ETag is enough; all: the same model version and size too
+    size: str = ""  # the outputs' size setting: "native" or a long side in pixels
+    # Outputs recorded without a size (written before sizes were) count as the default size.
+    default_size: bool = True
 
-    def satisfied(self, source_etag: str, done_etag: str, model: str, direction: str) -> bool:
-        if done_etag != source_etag or direction != self.direction:
-            return False
-        return self.scope != "all" or model == self.version
+    def stale(self, source_etag: str, done: dict[str, str]) -> str | None:
+        """Why outputs recorded with `done` (etag, model, direction, size) are not up to date
+        for this run, or None when they are."""
+        if done.get("etag") != source_etag:
+            return "the input changed"
+        if done.get("direction") != self.direction:
+            return "another direction"
+        if self.scope != "all":
+            return None
+        if done.get("model") != self.version:
+            return "another model version"
+        if not (done.get("size") == self.size if done.get("size") else self.default_size):
+            return f"another size ({done.get('size') or 'from before sizes were recorded'})"
+        return None
 
     def metadata(self, rel: str, etag: str) -> dict[str, str]:
         """The provenance stored on each output of input `rel`."""
@@ -62,6 +77,7 @@ class Rule:
             META_SOURCE_ETAG: etag,
             META_MODEL: self.version,
             META_DIRECTION: self.direction,
+            META_SIZE: self.size,
         }
 
 
@@ -72,6 +88,13 @@ class HeadIndex:
         self.output, self.rule = output, rule
         self.adopted: list[dict] = []
         self.head_requests = 0
+        self.redone: Counter[str] = Counter()  # why earlier outputs of an input are not current
+
+    def _current(self, etag: str, done: dict[str, str]) -> bool:
+        reason = self.rule.stale(etag, done)
+        if reason is not None and reason != "the input changed":
+            self.redone[reason] += 1
+        return reason is None
 
     def up_to_date(self, rel: str, etag: str, targets: list[str]) -> bool:
         outputs = {}
@@ -82,13 +105,13 @@ class HeadIndex:
             except storage.NotFoundError:
                 return False
             meta = head["metadata"]
-            done = self.rule.satisfied(
-                etag,
-                meta.get(META_SOURCE_ETAG, ""),
-                meta.get(META_MODEL, ""),
-                meta.get(META_DIRECTION, ""),
-            )
-            if not done:
+            done = {
+                "etag": meta.get(META_SOURCE_ETAG, ""),
+                "model": meta.get(META_MODEL, ""),
+                "direction": meta.get(META_DIRECTION, ""),
+                "size": meta.get(META_SIZE, ""),
+            }
+            if not self._current(etag, done):
                 return False
             outputs[target] = head["etag"]
         self.adopted.append(entry(rel, etag, self.rule, outputs))
@@ -152,7 +175,7 @@ class ListingIndex(HeadIndex):
             return False
         line = self.trusted.get(rel)
         if line is not None and all(line["outputs"].get(t) == self.listed[t] for t in targets):
-            return self.rule.satisfied(etag, line["etag"], line["model"], line["direction"])
+            return self._current(etag, line)
         return super().up_to_date(rel, etag, targets)  # no ledger line: ask the outputs once
 
 
@@ -163,6 +186,7 @@ def entry(rel: str, etag: str, rule: Rule, outputs: dict[str, str]) -> dict:
         "etag": etag,
         "model": rule.version,
         "direction": rule.direction,
+        "size": rule.size,
         "outputs": outputs,
     }
 
@@ -172,6 +196,8 @@ def _valid(line: object) -> bool:
     if not isinstance(line, dict):
         return False
     if not all(isinstance(line.get(k), str) for k in ("key", "etag", "model", "direction")):
+        return False
+    if not isinstance(line.get("size", ""), str):  # lines from before sizes have none
         return False
     outputs = line.get("outputs")
     return (

@@ -135,7 +135,11 @@ def _open_run(cfg: TranslateConfig) -> Run:
         raise TranslateError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
     version_uri, model_cfg = _resolve_model(cfg.model)  # only the pointer: the model loads later
     version = PurePosixPath(version_uri.rstrip("/")).name
-    rule = ledger.Rule(version, cfg.direction, cfg.scope)
+    long_side = _long_side(cfg, model_cfg)
+    rule = ledger.Rule(
+        version, cfg.direction, cfg.scope, size=str(long_side or "native"),
+        default_size=long_side == model_cfg.image_size,
+    )  # fmt: skip
     if not cfg.dry_run:
         _check_writable(cfg, run_id, version)
     try:
@@ -307,11 +311,16 @@ def _signature(tile: int) -> dict[str, Any]:
     }
 
 
+def _long_side(cfg: TranslateConfig, model_cfg: ModelConfig) -> int | None:
+    """The outputs' long side in pixels; None: each input's own (--size native)."""
+    return None if cfg.size == "native" else (cfg.size or model_cfg.image_size)
+
+
 def _geometry(run: Run) -> tuple[int | None, int, int]:
     """The outputs' long side (None: each input's own), the tile and its margin: one tile per
     picture (no margin) when the long side fits in cfg.tile, else cfg.tile and cfg.tile_margin."""
     cfg = run.cfg
-    long_side = None if cfg.size == "native" else (cfg.size or run.model_cfg.image_size)
+    long_side = _long_side(cfg, run.model_cfg)
     if long_side is not None and long_side <= cfg.tile:
         return long_side, -(-long_side // 16) * 16, 0
     return long_side, cfg.tile, cfg.tile_margin
@@ -475,6 +484,8 @@ def _finish(run: Run, error: str | None = None) -> dict[str, Any]:
         summary["images_per_sec"],
         run.version,
     )
+    for reason, n in summary["redone"].items():
+        log.info("redone: %d input(s) whose earlier outputs were made with %s", n, reason)
     return summary
 
 
@@ -494,6 +505,9 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         "precision": run.precision,
         "direction": cfg.direction,
         "scope": cfg.scope,
+        "size": run.rule.size,
+        # Inputs translated again because their earlier outputs were not current (scope all).
+        "redone": dict(run.index.redone),
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
         "input": cfg.input,
         "output": cfg.output,

@@ -27,8 +27,9 @@ extra `endpoint_url` points at MinIO/SeaweedFS).
 
 **Trigger**: nightly by schedule (unpausing does not start a run for a night that has already
 passed); or *Trigger* in the UI, where the form's Params (`input`, `output`, `model_store`,
-`scope`, `direction`, `batch_size`, `shard_size`, `max_failure_rate`) override the settings for
-that run. From a shell: `airflow dags trigger cyclegan_nightly_translate --conf '{"scope": "all"}'`.
+`scope`, `direction`, `size`, `batch_size`, `shard_size`, `max_failure_rate`) override the
+settings for that run. From a shell:
+`airflow dags trigger cyclegan_nightly_translate --conf '{"scope": "all", "size": "native"}'`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from cyclegan_common import (
 
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
+# The size Param's values (cyclegan_jobs.config.parse_size reads them).
+SIZE_PATTERN = r"^(default|native|[1-9][0-9]*)$"
 
 
 @dag(
@@ -89,6 +92,16 @@ MODEL_ASSET = SETTINGS.model_asset()
             enum=["b2a", "a2b"],
             title="Direction",
             description="b2a: photo -> painting (the nightly's job); a2b: painting -> photo.",
+        ),
+        "size": Param(
+            "default",
+            type="string",
+            pattern=SIZE_PATTERN,
+            title="Output size",
+            description="default: the model's image size as the long side (small, cheap); "
+            "native: each input's own size (stylized in tiles: slower, more memory); or a long "
+            "side in pixels. The aspect ratio is always kept. With scope all, outputs made at "
+            "another size are redone.",
         ),
         "batch_size": number_param(
             32,
@@ -133,7 +146,7 @@ def cyclegan_nightly_translate():
     @task(**IO_RETRIES)
     def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:
         """Pending inputs, cut into shard files; returns their URIs and counts (no keys)."""
-        from cyclegan_jobs.config import TranslateConfig
+        from cyclegan_jobs.config import TranslateConfig, parse_size
         from cyclegan_jobs.translate import plan_shards
 
         use_connection(conn_id)
@@ -143,6 +156,7 @@ def cyclegan_nightly_translate():
             model=model_uri,
             direction=params["direction"],
             scope=params["scope"],
+            size=parse_size(params["size"]),
             run_id=safe_run_id(run_id),
         )
         return plan_shards(cfg, params["shard_size"])
@@ -150,6 +164,8 @@ def cyclegan_nightly_translate():
     @task
     def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
         """One `cyclegan-jobs translate` command line per shard file."""
+        from cyclegan_jobs.config import parse_size
+
         return [
             cli_args(
                 "translate",
@@ -160,6 +176,7 @@ def cyclegan_nightly_translate():
                 run_id=shard["run_id"],
                 direction=params["direction"],
                 scope=params["scope"],
+                size=parse_size(params["size"]),
                 batch_size=params["batch_size"],
                 feed_processes=SETTINGS.feed_processes or None,
                 # Bad inputs are judged over the whole run by `summarize`, not per shard.

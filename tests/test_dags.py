@@ -8,6 +8,7 @@ server through the `aws_default` connection. The end-to-end tests share one retr
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -21,8 +22,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import free_port
+from PIL import Image
 
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.images import encode_jpeg
@@ -455,6 +458,33 @@ def test_nightly_writes_every_output_then_skips_everything(
     assert again["counts"] == {"total": 6, "ok": 0, "skipped": 6, "failed": 0}
     # The inputs are untouched.
     assert len(list(storage.list_objects(f"{bucket}/in/"))) == 6
+
+
+def test_nightly_with_size_native_keeps_every_inputs_own_shape(
+    airflow: dict, trained: dict, s3_server
+) -> None:  # noqa: ANN001
+    """The form's size "native": each output has its input's upright size (a landscape, a
+    portrait stored sideways with an EXIF rotation, a square), and the summary records it."""
+    bucket = _bucket(s3_server)
+    shapes = {"wide": (60, 90, 1), "tall": (40, 70, 6), "square": (48, 48, 1)}  # stored h, w
+    for name, (h, w, orientation) in shapes.items():
+        face = np.asarray(Image.fromarray(synthetic_faces(1, SIZE, seed=3)[0]).resize((w, h)))
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(face).save(buffer, format="JPEG", exif=exif.tobytes())
+        storage.write_bytes(f"{bucket}/in/{name}.jpg", buffer.getvalue())
+    run = dag_test(airflow, "cyclegan_nightly_translate",
+                   _nightly_conf(trained, bucket, size="native"))  # fmt: skip
+    assert run["state"] == "success", run
+    summary = _run_summary(f"{bucket}/out/", run["run_id"])
+    assert summary["counts"] == {"total": 3, "ok": 3, "skipped": 0, "failed": 0}
+    for name, (h, w, orientation) in shapes.items():
+        upright = (h, w) if orientation == 1 else (w, h)  # 6: turned a quarter
+        for kind in ("stylized", "reconstructed"):
+            data = storage.read_bytes(f"{bucket}/out/{kind}/{name}.png")
+            width, height = Image.open(io.BytesIO(data)).size
+            assert (height, width) == upright, (name, kind)
 
 
 def test_nightly_with_bad_files_passes_under_the_threshold_and_fails_above(

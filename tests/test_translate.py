@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +417,34 @@ def test_pictures_larger_than_the_pixel_budget_go_through_one_at_a_time(
     for i in range(3):
         for kind in ("stylized", "reconstructed"):
             assert Image.open(tmp_path / "out" / kind / f"{i}.png").size == (100, 80)
+
+
+def test_the_size_setting_is_part_of_up_to_date_under_scope_all(
+    random_model_store,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """A rerun with the same size skips; another size redoes the outputs under --scope all (and
+    the summary says why), not under --scope new; outputs recorded before sizes were count as
+    the default size (the model's image size, 32 here)."""
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _put_faces(inp, 4, size=40)
+    run = partial(_cfg, inp, out, random_model_store)
+    assert translate(run())["counts"]["ok"] == 4
+    assert translate(run(scope="all"))["counts"]["skipped"] == 4
+    assert translate(run(size=32, scope="all"))["counts"]["skipped"] == 4  # the default, spelled
+    assert translate(run(size=48))["counts"]["skipped"] == 4  # scope new: the input is enough
+    bigger = translate(run(size=48, scope="all"))
+    assert bigger["counts"]["ok"] == 4 and bigger["redone"] == {"another size (32)": 4}
+    assert max(Image.open(f"{out}/stylized/people/face_000.png").size) == 48
+    again = translate(run(size=48, scope="all"))
+    assert again["counts"]["skipped"] == 4 and again["redone"] == {}
+
+    back = translate(run(scope="all"))  # the default again; then its lines lose their size
+    assert back["counts"]["ok"] == 4 and back["summary"]
+    for segment in Path(out, "_ledger").glob("*.jsonl"):
+        lines = [json.loads(line) for line in segment.read_text().splitlines()]
+        segment.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "size"})
+                                   + "\n" for line in lines))  # fmt: skip
+    assert translate(run(scope="all"))["counts"]["skipped"] == 4
+    legacy = translate(run(size="native", scope="all"))
+    assert legacy["redone"] == {"another size (from before sizes were recorded)": 4}
