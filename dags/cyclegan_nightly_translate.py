@@ -164,19 +164,14 @@ def cyclegan_nightly_translate():
     @task
     def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
         """One `cyclegan-jobs translate` command line per shard file."""
-        from cyclegan_jobs.config import parse_size
-
         return [
             cli_args(
                 "translate",
-                input=params["input"],
-                output=params["output"],
                 model=planned["model_uri"],
                 keys=shard["keys"],
                 run_id=shard["run_id"],
-                direction=params["direction"],
-                scope=params["scope"],
-                size=parse_size(params["size"]),
+                # As the form gives them (the CLI reads `size` as "default", "native" or N).
+                **{k: params[k] for k in ("input", "output", "direction", "scope", "size")},
                 batch_size=params["batch_size"],
                 feed_processes=SETTINGS.feed_processes or None,
                 # Bad inputs are judged over the whole run by `summarize`, not per shard.

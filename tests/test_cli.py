@@ -65,6 +65,11 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:  
         ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m", "--preset", "huge"],
         ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m", "--epochs", "0"],
         ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m", "--image-size", "40"],
+        ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "big"],
+        ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "0"],
+        ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "64",
+         "--keep-size"],  # fmt: skip
+        ["translate", "--input", "i", "--output", "o", "--model", "m", "--tile", "100"],
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(args: list[str], tmp_path: Path, capsys) -> None:  # noqa: ANN001
@@ -74,6 +79,17 @@ def test_bad_arguments_are_refused_before_any_work(args: list[str], tmp_path: Pa
         code = exit_.code
     assert code == 2
     assert capsys.readouterr().err.strip()
+
+
+def test_size_is_read_as_users_and_the_nightly_form_write_it() -> None:
+    from cyclegan_jobs.config import parse_size
+
+    assert [parse_size(v) for v in (None, "", "default", "native", "1024", 512)] == [
+        None, None, None, "native", 1024, 512,
+    ]  # fmt: skip
+    for bad in ("0", "-5", "12px", "1e3", "064", "Native"):
+        with pytest.raises(ValueError, match="native"):
+            parse_size(bad)
 
 
 def test_sample_data_command(tmp_path: Path, capsys) -> None:  # noqa: ANN001
