@@ -67,8 +67,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:  
         ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m", "--image-size", "40"],
         ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "big"],
         ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "0"],
-        ["translate", "--input", "i", "--output", "o", "--model", "m", "--size", "64",
-         "--keep-size"],  # fmt: skip
+        ["translate", "--input=i", "--output=o", "--model=m", "--size=9", "--keep-size"],
         ["translate", "--input", "i", "--output", "o", "--model", "m", "--tile", "100"],
     ],
 )
