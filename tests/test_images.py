@@ -338,3 +338,16 @@ def test_decoding_holds_the_picture_and_its_outputs_in_the_budget_until_released
     with pytest.raises(images.ImageDecodeError):
         images.decode_at_size(truncated, None, budget=budget, keep=2)
     assert budget.used == 0
+
+
+def test_the_sample_grid_shows_a_non_square_picture_at_its_own_aspect() -> None:
+    """A 3:1 panorama and a 1:2 portrait in 96 px cells: each fills the cell along its long side
+    and keeps its aspect along the other (the contact sheet of a --size native run)."""
+    wide = np.zeros((40, 120, 3), np.uint8)
+    tall = np.zeros((90, 45, 3), np.uint8)
+    grid = images.sample_grid([[wide, tall]], cell=96)
+    dark = grid.sum(axis=2) < 60
+    ys, xs = np.nonzero(dark)
+    left, right = xs < grid.shape[1] // 2, xs >= grid.shape[1] // 2
+    boxes = [(np.ptp(ys[side]) + 1, np.ptp(xs[side]) + 1) for side in (left, right)]
+    assert boxes == [(32, 96), (96, 48)]
