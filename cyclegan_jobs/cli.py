@@ -150,7 +150,8 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model-store", help="use the promoted version of this store")
     src.add_argument("--model", help="a version URI: <store>/versions/<version>")
     x.add_argument("--direction", default="b2a", choices=DIRECTIONS, help="b2a: photo -> paint")
-    x.add_argument("--batch-size", type=_positive, default=32)
+    x.add_argument("--batch-size", type=_positive, default=32, help="pictures of the model's "
+                   "size per model call; a larger tile counts as several")  # fmt: skip
     x.add_argument("--no-reconstruct", action="store_true", help="skip the cycle back")
     x.add_argument("--size", type=_size, default=None, help="the outputs' long side in pixels, "
                    "or native: the input's own size; the aspect is always kept (default: the "

@@ -86,6 +86,7 @@ class Run:
     sheet: list[list[np.ndarray]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict(load_s=0.0, model_s=0.0))
     first_batch: int = 0
+    geometry: dict[str, int] = field(default_factory=dict)  # tile, margin, tiles per batch
     precision: str | None = None
     started: float = field(default_factory=time.time)
 
@@ -136,6 +137,7 @@ def _open_run(cfg: TranslateConfig) -> Run:
     version_uri, model_cfg = _resolve_model(cfg.model)  # only the pointer: the model loads later
     version = PurePosixPath(version_uri.rstrip("/")).name
     long_side = _long_side(cfg, model_cfg)
+    _check_tiling(cfg, model_cfg, long_side)
     rule = ledger.Rule(
         version, cfg.direction, cfg.scope, size=str(long_side or "native"),
         default_size=long_side == model_cfg.image_size,
@@ -178,6 +180,18 @@ def _resolve_model(model: str) -> tuple[str, ModelConfig]:
         return version_uri, model_config_from_dict(config["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # any shape of damage
         raise TranslateError(f"{config_uri} is not a model config: {err!r}") from err
+
+
+def _check_tiling(cfg: TranslateConfig, model: ModelConfig, long_side: int | None) -> None:
+    """The paper preset's InstanceNorm takes its statistics over the picture: in tiles, each
+    tile's own would show as seams and colour steps (benchmarks/seams.py), so it is not tiled
+    (issue 20: whole-picture statistics for tiles are not wired yet)."""
+    if model.architecture == "resnet" and (long_side is None or long_side > cfg.tile):
+        raise TranslateError(
+            f"the {model.preset} preset cannot go through in tiles yet (its InstanceNorm would "
+            f"take each tile's statistics): use --size N with N <= --tile ({cfg.tile}), or a "
+            "--tile as large as the pictures' long side"
+        )
 
 
 def _check_writable(cfg: TranslateConfig, run_id: str, version: str) -> None:
@@ -283,7 +297,7 @@ class Feed:
         """The next loaded item's tiles. When the loaders keep a part-full batch waiting, it is
         filled up first: its tiles then go through the model and their pictures are stored,
         giving back the pixels that the loaders may be waiting for."""
-        batch = self.run.cfg.batch_size
+        batch = self.run.geometry["batch"]
         if self.tiles % batch and not self.loaders.ready(FLUSH_AFTER_S):
             filler = np.zeros(self.stitcher.shape, np.uint8)
             for _ in range(batch - self.tiles % batch):
@@ -347,6 +361,10 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
 
     cfg = run.cfg
     long_side, tile, margin = _geometry(run)
+    # --batch-size counts pictures of the model's size: a larger tile counts as several, so the
+    # model's memory per call is the same whatever the tile.
+    batch = max(1, cfg.batch_size * run.model_cfg.image_size**2 // tile**2)
+    run.geometry = {"tile": tile, "margin": margin, "batch": batch}
     pool, loaders, storers = _stages(run, long_side)
     stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
@@ -354,7 +372,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     feed = Feed(run, items, loaders, window=window, stitcher=stitcher)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(tile))
-        .batch(cfg.batch_size)
+        .batch(batch)
         .prefetch(1)
     )
     generators = None
@@ -506,6 +524,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         "direction": cfg.direction,
         "scope": cfg.scope,
         "size": run.rule.size,
+        "tiles": run.geometry,  # tile, margin (px) and tiles per model call
         # Inputs translated again because their earlier outputs were not current (scope all).
         "redone": dict(run.index.redone),
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",

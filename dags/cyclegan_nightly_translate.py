@@ -108,7 +108,8 @@ SIZE_PATTERN = r"^(default|native|[1-9][0-9]*)$"
             minimum=1,
             maximum=1024,
             title="Batch size",
-            description="Images per model call (1 to 1024); larger keeps a GPU busier.",
+            description="Pictures of the model's size per model call (1 to 1024; a larger "
+            "tile counts as several); larger keeps a GPU busier.",
         ),
         "shard_size": number_param(
             500,

@@ -448,3 +448,20 @@ def test_the_size_setting_is_part_of_up_to_date_under_scope_all(
     assert translate(run(scope="all"))["counts"]["skipped"] == 4
     legacy = translate(run(size="native", scope="all"))
     assert legacy["redone"] == {"another size (from before sizes were recorded)": 4}
+
+
+def test_the_paper_preset_is_refused_in_tiles_before_any_work(tmp_path) -> None:  # noqa: ANN001
+    """InstanceNorm would take each tile's statistics: a paper model at --size native or a long
+    side over the tile is refused, saying what to do; at the tile's size it translates."""
+    from helpers import random_version
+
+    store = str(tmp_path / "store")
+    random_version(store, "paper", 32)
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _put_faces(inp, 2, size=40)
+    for size in ("native", 96):
+        with pytest.raises(TranslateError, match="cannot go through in tiles"):
+            translate(_cfg(inp, out, store, size=size, tile=64, tile_margin=16))
+    assert not Path(out).exists()  # refused before any work
+    done = translate(_cfg(inp, out, store, size=64, tile=64, tile_margin=16))
+    assert done["counts"]["ok"] == 2
