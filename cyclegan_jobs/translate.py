@@ -363,8 +363,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     long_side, tile, margin = _geometry(run)
     # --batch-size counts pictures of the model's size: a larger tile counts as several, so the
     # model's memory per call is the same whatever the tile.
-    batch = max(1, cfg.batch_size * run.model_cfg.image_size**2 // tile**2)
-    run.geometry = {"tile": tile, "margin": margin, "batch": batch}
+    per_call = max(1, cfg.batch_size * run.model_cfg.image_size**2 // tile**2)
+    run.geometry = {"tile": tile, "margin": margin, "batch": per_call}
     pool, loaders, storers = _stages(run, long_side)
     stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
@@ -372,7 +372,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     feed = Feed(run, items, loaders, window=window, stitcher=stitcher)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(tile))
-        .batch(batch)
+        .batch(per_call)
         .prefetch(1)
     )
     generators = None
