@@ -19,6 +19,7 @@ from .config import (
     STALL_TIMEOUT_S,
     UPSAMPLING,
     UPSAMPLING_HELP,
+    TranslateConfig,
     parse_size,
 )
 
@@ -157,10 +158,12 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
                    "or native: the input's own size; the aspect is always kept (default: the "
                    "model's image size)")  # fmt: skip
     x.add_argument("--keep-size", action="store_true", help="the same as --size native")
-    x.add_argument("--tile", type=_positive, default=1024, help="larger pictures go through "
-                   "the model in tiles of this many pixels square (a multiple of 16)")  # fmt: skip
-    x.add_argument("--tile-margin", type=int, default=48, help="pixels of context each tile "
-                   "keeps around what it contributes (see benchmarks/seams.py)")  # fmt: skip
+    x.add_argument("--tile", type=_positive, default=TranslateConfig.tile, help="larger "
+                   "pictures go through the model in tiles of this many pixels square (a "
+                   "multiple of 16; default %(default)s)")  # fmt: skip
+    x.add_argument("--tile-margin", type=int, default=TranslateConfig.tile_margin, help="pixels "
+                   "of context each tile keeps around what it contributes (default "
+                   "%(default)s; see benchmarks/seams.py)")  # fmt: skip
     x.add_argument("--format", default="png", choices=FORMATS)
     x.add_argument("--precision", default="auto", choices=PRECISIONS)
     x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")
@@ -276,7 +279,6 @@ def _config(cls: type, args: argparse.Namespace, **values: Any) -> Any:
 
 
 def _translate(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import TranslateConfig
     from .translate import translate
 
     cfg = _config(

@@ -363,7 +363,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     long_side, tile, margin = _geometry(run)
     # --batch-size counts pictures of the model's size: a larger tile counts as several, so the
     # model's memory per call is the same whatever the tile.
-    per_call = max(1, cfg.batch_size * run.model_cfg.image_size**2 // tile**2)
+    per_call = max(1, round(cfg.batch_size * run.model_cfg.image_size**2 / tile**2))
     run.geometry = {"tile": tile, "margin": margin, "batch": per_call}
     pool, loaders, storers = _stages(run, long_side)
     stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)

@@ -116,3 +116,13 @@ def test_the_stitcher_puts_interleaved_tiles_of_many_images_back_together() -> N
         if min(picture.shape[:2]) >= 64:  # no reflect padding: exactly the whole-image result
             assert np.array_equal(blurred, np.clip(_box_sum(picture, 8) // 289, 0, 255))
         assert blurred.shape == picture.shape
+
+
+def test_the_default_tile_covers_a_12_mp_phone_photo_with_little_overlap() -> None:
+    """The translate job's default tile and margin cost at most 1.3x the area of a 4032x3024
+    photo, either way up (the issue's target for the overlap overhead)."""
+    from cyclegan_jobs.config import TranslateConfig
+
+    cfg = TranslateConfig(input="in", output="out", model="m")
+    for height, width in ((3024, 4032), (4032, 3024)):
+        assert Grid(height, width, cfg.tile, cfg.tile_margin).area_ratio() <= 1.3
