@@ -85,7 +85,10 @@ class Run:
     done: list[dict] = field(default_factory=list)  # ledger lines of what this run wrote
     sheet: list[list[np.ndarray]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict(load_s=0.0, model_s=0.0))
-    first_batch: int = 0
+    # Pictures made whole, and their output pixels: in all, and by the end of the first model
+    # call (which also compiles: start-up, not throughput).
+    whole: list[int] = field(default_factory=lambda: [0, 0])
+    first_batch: list[int] | None = None
     geometry: dict[str, int] = field(default_factory=dict)  # tile, margin, tiles per batch
     precision: str | None = None
     started: float = field(default_factory=time.time)
@@ -387,6 +390,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
                 whole = stitcher.put(TileRef(int(slot), int(index)), [o[i] for o in outs])
                 if whole is not None:
                     _to_store(run, triage, storers, *whole)
+            if run.first_batch is None:
+                run.first_batch = list(run.whole)
             while storers.pending > 2 * cfg.batch_size:  # encoded-but-unwritten work bounded
                 run.record(storers.next_result(run.clock))
             _progress(run)
@@ -408,8 +413,11 @@ def _to_store(run: Run, triage: Triage, storers: Any, item: Item, outputs: list)
     if len(run.sheet) < run.cfg.contact_sheet_rows:
         cell = _sheet_cell(run)
         run.sheet.append([_thumbnail(p, cell) for p in (item.image, *outputs)])
-    run.budget.release(item.image.shape[0] * item.image.shape[1])
-    item.held -= item.image.shape[0] * item.image.shape[1]
+    pixels = item.image.shape[0] * item.image.shape[1]
+    run.whole[0] += 1
+    run.whole[1] += pixels
+    run.budget.release(pixels)
+    item.held -= pixels
     item.image = None  # not needed any more (and not sent to a store process)
     storers.submit((item, triage.targets(item.info.rel), outputs))
 
@@ -454,10 +462,9 @@ def _nets(cfg: TranslateConfig) -> tuple[str, ...]:
 def _infer(run: Run, generators: Any, batch: np.ndarray) -> list[np.ndarray]:
     t = time.time()
     stylized, reconstructed = generators.translate(batch, run.cfg.direction, run.cfg.reconstruct)
-    if run.first_batch:
+    if "first_batch_at" in run.timings:
         run.timings["model_s"] += time.time() - t
     else:  # the first call also compiles: counted with the model load
-        run.first_batch = len(batch)
         run.timings["load_s"] += time.time() - t
         run.timings["first_batch_at"] = time.time()
     run.clock.tick()
@@ -542,6 +549,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         # Throughput after the first batch: what thousands of images see. A run of a single
         # batch reports its overall rate.
         "images_per_sec": round(_rate(run, ok, work_s), 3),
+        "megapixels_per_sec": round(_rate(run, ok, work_s, megapixels=True), 3),
         "feed_processes": cfg.feed_processes,
         "pixel_budget": cfg.pixel_budget,
         "peak_pixels_in_flight": run.budget.peak,
@@ -556,14 +564,15 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
     }
 
 
-def _rate(run: Run, ok: int, work_s: float) -> float:
-    """Images/s after the first batch: listing, the first fetches, the model's load and compile
-    are start-up, which thousands of images amortise."""
-    after_first = ok - run.first_batch
+def _rate(run: Run, ok: int, work_s: float, megapixels: bool = False) -> float:
+    """Images (or output megapixels) per second after the first batch: listing, the first
+    fetches, the model's load and compile are start-up, which thousands of images amortise."""
+    first = run.first_batch or [0, 0]
+    done, at_first = (run.whole[1] / 1e6, first[1] / 1e6) if megapixels else (ok, first[0])
     seconds = time.time() - run.timings.get("first_batch_at", run.started)
-    if after_first > 0 and seconds > 0:
-        return after_first / seconds
-    return ok / work_s if ok and work_s > 0 else 0.0
+    if done - at_first > 0 and seconds > 0:
+        return (done - at_first) / seconds
+    return done / work_s if done and work_s > 0 else 0.0
 
 
 def _write_records(run: Run, summary: dict[str, Any], bounded: bool) -> None:
