@@ -30,9 +30,10 @@ def _exif() -> bytes:
     return exif.tobytes()
 
 
-def phone_photos(n: int, seed: int = 0) -> list[np.ndarray]:
-    """n distinct 1024x768 RGB uint8 pictures with photo-like texture."""
-    width, height = PHOTO_SIZE
+def phone_photos(n: int, seed: int = 0, size: tuple[int, int] = PHOTO_SIZE) -> list[np.ndarray]:
+    """n distinct RGB uint8 pictures (size: width, height; 1024x768 by default) with photo-like
+    texture (the texture and grain are per pixel: a larger picture is as busy, not smoother)."""
+    width, height = size
     rng = np.random.default_rng(seed)
     faces = synthetic_faces(n, 384, seed=seed + 7)
     out = []
@@ -49,11 +50,14 @@ def phone_photos(n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def photo_jpegs(n: int, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """n distinct phone-photo JPEG files (EXIF, 4:2:0, quality 90), about 130 KB each."""
+def photo_jpegs(
+    n: int, seed: int = 0, quality: int = 90, size: tuple[int, int] = PHOTO_SIZE
+) -> list[bytes]:
+    """n distinct phone-photo JPEG files (EXIF, 4:2:0, quality 90), about 130 KB each at
+    1024x768 (size: width, height; e.g. (4032, 3024), a phone camera's full resolution)."""
     exif = _exif()
     out = []
-    for picture in phone_photos(n, seed):
+    for picture in phone_photos(n, seed, size):
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="JPEG", quality=quality, exif=exif)
         out.append(buffer.getvalue())

@@ -17,10 +17,25 @@ feed   (d) the whole `translate` pipeline with the model replaced by the identit
 profile (d) on 1 core, 1024x768 -> PNG, under py-spy (all threads; `pip install py-spy` into the
        venv, not a requirement) with the stage functions timed by per-thread CPU clocks: a table
        of ms per image per stage and the top functions.
-memory Peak RSS of `translate` processes (tiny preset, 64 px): 200 vs 2,000 faces, and 20 PNGs of
-       7000x7000 (49 MP each, ~64 KB on disk) with the default pixel budget.
-Run: `.venv/bin/python benchmarks/translate.py [--only feed profile memory model]
-      [--feed-images 300] [--images 256] [--ref REF] [--baseline-ref REF] [--wait-quiet 900]`.
+memory The CLI as users run it: each case a fresh `cyclegan-jobs translate` process (the venv's
+       console script, with the measured cyclegan_jobs first on PYTHONPATH) against the local
+       server under `/usr/bin/time -v` (apt-get install -y time), its peak RSS read from
+       "Maximum resident set size"; tiny preset, 64 px. 20 PNGs of 7000x7000 (49 MP each, ~64 KB
+       on disk): at the default size with the default pixel budget (goal <= 2.5 GB, 20/20 ok),
+       a quarter of it and --tiny-budget (the peak must fall with the budget), and
+       --size native (20/20 at 7000x7000, read from the outputs' PNG headers in S3, within
+       3 GB); 200 vs 2,000 64x64 faces (goal <= 1.2x). Each case: peak RSS, ok count, wall s.
+speed  Native-size phone-photo JPEGs, 1024x768 (--speed-photos) and 4032x3024 (--speed-big),
+       through the seed preset (random weights) at auto precision, --size native, in tiles of
+       the run's shape (translate._geometry, tiles.Grid) and --speed-batch tiles per batch:
+         (a) translate() in a fresh process (translate_probe.py): MP of image area per s from the
+             end of the first model call (load, compile) to the last output written
+         (b) the generators alone on a batch of the same tiles, MP of image area per s
+         (c) a/b (goal >= 0.85)   (d) tiles' area over the images' (goal <= 1.3)
+Run: `.venv/bin/python benchmarks/translate.py [--only feed profile memory model speed]
+      [--feed-images 300] [--images 256] [--ref REF] [--baseline-ref REF] [--wait-quiet 900]
+      [--big-count 20] [--big-side 7000] [--faces 200 2000] [--tiny-budget 50]
+      [--speed-photos 4] [--speed-big 1] [--speed-batch 2] [--speed-reps 2]`.
 --ref measures a commit's cyclegan_jobs instead of the working tree's; --baseline-ref adds the
 1024x768 -> PNG feed case with another commit's (e.g. the pipeline before). Other processes on
 the machine skew the pinned figures: each feed row shows their share of the CPUs ('others'),
@@ -44,8 +59,9 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The development tools (cyclegan_local) are imported from the repository, not installed.
@@ -57,6 +73,7 @@ from PIL import Image  # noqa: E402
 from cyclegan_jobs import registry, storage  # noqa: E402
 from cyclegan_jobs.config import TranslateConfig, preset  # noqa: E402
 from cyclegan_jobs.sample_data import synthetic_faces  # noqa: E402
+from cyclegan_jobs.tiles import Grid, cut  # noqa: E402
 from cyclegan_local import local_s3  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +84,7 @@ PROBE = HERE / "translate_probe.py"
 # What the figures are of: a commit given with --ref, or the working tree.
 CODE_LABEL = os.environ.get("BENCH_CODE", "worktree")[:12]
 KEYS = {"access_key": "bench-local", "secret_key": "bench-local-secret"}
-PARTS = ("model", "feed", "profile", "memory")
+PARTS = ("model", "feed", "profile", "memory", "speed")
 CORE_SETS = ("0", "0,1")  # taskset -c lists: 1 core, 2 cores
 # Goals of the staged pipeline, and what the pipeline before it did (1024x768 JPEG -> PNG).
 GOAL_PER_CORE = {"png": 50.0, "jpeg": 100.0}
@@ -76,6 +93,10 @@ OLD_FEED = {"0": 13.9, "0,1": 17.5}
 GOAL_BIG_RSS_MB = 2.5 * 1024
 OLD_BIG_RSS = "8.9-12.1 GB"
 GOAL_RSS_RATIO = 1.2
+GOAL_NATIVE_MB = 3 * 1024  # 20 pictures of 7000x7000 kept at their size
+SPEED_SIZES = ((1024, 768), (4032, 3024))  # width, height: a downscaled and a full phone photo
+GOAL_SPEED_RATIO = 0.85  # end to end over the model alone
+GOAL_AREA_RATIO = 1.3  # tiles' area over the images'
 
 
 def load_note() -> str:
@@ -99,7 +120,7 @@ def wait_quiet(max_wait_s: float, busy_limit: float = 0.08) -> None:
 
 
 def goal(met: bool) -> str:
-    return "goal met" if met else "goal missed"
+    return "met" if met else "MISSED"
 
 
 def make_version(store: str, preset_name: str, size: int) -> str:
@@ -250,6 +271,7 @@ def run_probe(
     workers: int | None = None,
     code: Path | None = None,
     profile_raw: Path | None = None,
+    size: str | None = None,
 ) -> dict:
     """Run translate_probe.py in a fresh process (pinned with taskset to `cores`, optionally under
     py-spy) on a fresh output prefix; its result plus the server's CPU seconds meanwhile."""
@@ -264,12 +286,14 @@ def run_probe(
         cmd += ["--feed-processes", str(feed_processes)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if size is not None:
+        cmd += ["--size", size]
     if cores is not None and shutil.which("taskset"):
         cmd = [shutil.which("taskset"), "-c", cores, *cmd]
     if profile_raw is not None:  # py-spy itself is not pinned: it runs beside the probe
         spy = [str(py_spy()), "record", "--rate", "100", "--format", "raw", "--threads"]
         cmd = [*spy, "--output", str(profile_raw), "--", *cmd]
-    env = dict(os.environ)
+    env = cli_env()  # the measured cyclegan_jobs, not the venv's editable install
     if code is not None:  # another commit's cyclegan_jobs (see --baseline-ref)
         env["PYTHONPATH"] = str(code)
     log_path = tmp / f"{name}.log"
@@ -391,9 +415,8 @@ def feed_row(results: list[dict], n_cores: int) -> dict:
     }
 
 
-def part_feed(
-    args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, prefixes: dict, model: str
-) -> None:
+def feed_header(args: argparse.Namespace, server: local_s3.LocalS3) -> None:
+    """What the feed's columns mean."""
     print(
         f"\n== (d) feed: translate with the identity model, {args.feed_images} images per case, "
         f"batch {args.batch_size}, model image size 256, median of {args.repeat} run(s)\n"
@@ -408,6 +431,12 @@ def part_feed(
         f"machine's CPU used by other processes meanwhile (above a few % the figures are skewed)",
         flush=True,
     )
+
+
+def part_feed(
+    args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, prefixes: dict, model: str
+) -> None:
+    feed_header(args, server)
     mode = f"p{args.feed_processes}" if args.feed_processes else "thr"
     mode += f"-w{args.workers}" if args.workers else ""
     codes = [(f"{CODE_LABEL}-{mode}", None)]
@@ -715,51 +744,349 @@ def profile_case(
 
 
 # ---------------------------------------------------------------------------------------------
-# Part "memory"
+# The CLI as users run it: a fresh `cyclegan-jobs translate` process under /usr/bin/time -v
+
+MAX_RSS = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
+
+
+def time_binary() -> str:
+    """GNU time (its -v report has the peak RSS), installed with apt-get when it is missing."""
+    if not Path("/usr/bin/time").is_file() and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "time"], capture_output=True, check=False)
+    if not Path("/usr/bin/time").is_file():
+        raise SystemExit("/usr/bin/time is missing: apt-get install -y time")
+    return "/usr/bin/time"
+
+
+def cli_program() -> list[str]:
+    """The console script beside this interpreter (pyproject: cyclegan-jobs =
+    cyclegan_jobs.cli:main), else the same entry point through the interpreter."""
+    script = Path(sys.executable).parent / "cyclegan-jobs"
+    if script.is_file():
+        return [str(script)]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from cyclegan_jobs.cli import main; sys.exit(main())",
+    ]
+
+
+def cli_env() -> dict[str, str]:
+    """A CLI run's environment: the measured cyclegan_jobs first on the path (the venv's editable
+    install may be another checkout's; --ref has put its export there already). The S3 keys are
+    this process's AWS_* variables, inherited, never on the command line."""
+    if os.environ.get("BENCH_CODE_DIR"):
+        return dict(os.environ)
+    path = [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def cli_code() -> str:
+    """Where the CLI processes import cyclegan_jobs from."""
+    probe = "import cyclegan_jobs, os; print(os.path.dirname(cyclegan_jobs.__file__))"
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), check=False
+    )
+    return found.stdout.strip() or f"? ({found.stderr.strip()[-200:]})"
+
+
+def run_cli(
+    server: local_s3.LocalS3, tmp: Path, name: str, *, inp: str, model: str, extra: tuple = ()
+) -> dict:
+    """One `cyclegan-jobs translate` in a fresh process under `/usr/bin/time -v`, on a fresh
+    output prefix: its summary (--result-file), peak RSS, wall seconds and exit code. A failed
+    run is reported (ok 0, the log's last line), not raised: the other cases still run."""
+    out, result_file = f"s3://bench/out-{name}", tmp / f"{name}.result.json"
+    argv = [*cli_program(), "translate", "--input", inp, "--output", out, "--model-store", model]
+    argv += ["--endpoint-url", server.endpoint_url, "--work-dir", str(tmp / f"work-{name}")]
+    argv += ["--run-id", name, "--result-file", str(result_file), *map(str, extra)]
+    log_path = tmp / f"{name}.log"
+    t = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(
+            [time_binary(), "-v", *argv], stdout=log, stderr=subprocess.STDOUT, env=cli_env()
+        )
+    wall = time.perf_counter() - t
+    text = log_path.read_text(errors="replace")
+    rss = MAX_RSS.search(text)
+    summary = json.loads(result_file.read_text()) if result_file.exists() else None
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("\t")]
+    return {
+        "name": name,
+        "cmd": " ".join(["/usr/bin/time", "-v", *argv]),
+        "output": out,
+        "summary": summary,
+        "ok": summary["counts"]["ok"] if summary else 0,
+        "rss_mb": int(rss.group(1)) / 1024 if rss else float("nan"),
+        "wall_s": wall,
+        "rc": proc.returncode,
+        "error": None if proc.returncode == 0 else (lines[-1] if lines else "no output")[:300],
+    }
+
+
+def cli_line(label: str, r: dict, n: int) -> str:
+    """A CLI case's figures: peak RSS, ok count, wall seconds (and the error of a failed run)."""
+    peak = (r["summary"] or {}).get("peak_pixels_in_flight")
+    return (
+        f"  {label:<50}peak RSS {r['rss_mb']:>7.0f} MB  {r['ok']:>5}/{n} ok  {r['wall_s']:>7.1f} s"
+        + (f"  peak pixels in flight {peak:,}" if peak is not None else "")
+        + (f"  FAILED (exit {r['rc']}): {r['error']}" if r["rc"] else "")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Part "memory": the CLI's peak RSS (/usr/bin/time -v)
+
+
+def default_pixel_budget() -> int:
+    return next(f.default for f in fields(TranslateConfig) if f.name == "pixel_budget")
 
 
 def part_memory(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path) -> None:
     tiny = "s3://bench/tiny-models"
     make_version(tiny, "tiny", 64)
     print(
-        "\n== memory: peak RSS (ru_maxrss) of translate processes, tiny preset at 64 px, "
-        "default pixel budget, not pinned",
+        f"\n== memory: peak RSS ('Maximum resident set size' of /usr/bin/time -v) of "
+        f"`cyclegan-jobs translate` as users run it, each case a fresh process, not pinned; "
+        f"tiny preset at 64 px; cyclegan_jobs from {cli_code()}\n"
+        f"command: /usr/bin/time -v {' '.join(cli_program())} translate --input S3_PREFIX "
+        f"--output s3://bench/out-CASE --model-store {tiny} --endpoint-url {server.endpoint_url} "
+        f"--work-dir TMP --run-id CASE --result-file TMP/CASE.result.json [CASE'S OPTIONS] "
+        f"(S3 keys in the environment)",
         flush=True,
     )
-    pngs = gradient_pngs(7000)
-    put_files("s3://bench/big-png", pngs, 20, "gradient_{i:02d}.png")
-    big = run_probe(
-        server, tmp, "rss-big", inp="s3://bench/big-png", model=tiny, pixel_budget=args.pixel_budget
-    )
+    n, side = args.big_count, args.big_side
+    pngs = gradient_pngs(side)
+    put_files("s3://bench/big-png", pngs, n, "gradient_{i:02d}.png")
     kb = ", ".join(f"{len(p) / 1000:.0f}" for p in pngs)
     print(
-        f"20 PNGs of 7000x7000 (49 MP, 147 MB decoded each; {kb} KB on disk): "
-        f"{big['ok']}/20 translated ({big['summary']['counts']}), peak RSS "
-        f"{big['rss_mb']:.0f} MB (goal <= {GOAL_BIG_RSS_MB:.0f} MB: "
-        f"{goal(big['rss_mb'] <= GOAL_BIG_RSS_MB and big['ok'] == 20)}; old pipeline "
-        f"{OLD_BIG_RSS}), pixel budget {big['pixel_budget']}, "
-        f"{big['translate_wall_s']:.1f} s ({big['translate_wall_s'] / max(big['ok'], 1):.2f} s "
-        f"per image)",
+        f"inputs: {n} PNGs of {side}x{side} ({side * side / 1e6:.0f} MP, "
+        f"{3 * side * side / 1e6:.0f} MB decoded each; {kb} KB on disk), s3://bench/big-png",
         flush=True,
     )
+    memory_budgets(args, server, tmp, tiny)
+    memory_faces(args, server, tmp, tiny)
+    memory_native(args, server, tmp, tiny)  # the longest (every pixel through the model): last
+
+
+def memory_budgets(
+    args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, model: str
+) -> None:
+    """Default size (the model's, 64 px long side): the default pixel budget, a quarter of it and
+    a tiny one; the peak RSS must fall with the budget."""
+    default = args.pixel_budget or default_pixel_budget()
+    cases = [
+        ("default options" + (f", --pixel-budget {default}" if args.pixel_budget else ""), None),
+        (f"--pixel-budget {default // 4:,} (1/4)", default // 4),
+        (f"--pixel-budget {args.tiny_budget} (tiny)", args.tiny_budget),
+    ]
+    runs, n, side = [], args.big_count, args.big_side
+    for i, (label, budget) in enumerate(cases):
+        extra = ("--pixel-budget", budget or default) if (budget or args.pixel_budget) else ()
+        runs.append(run_cli(server, tmp, f"mem-big-{i}", inp="s3://bench/big-png", model=model,
+                            extra=extra))  # fmt: skip
+        print(cli_line(f"{n} x {side}x{side}, {label}", runs[-1], n), flush=True)
+    first = runs[0]
+    met = first["rss_mb"] <= GOAL_BIG_RSS_MB and first["ok"] == n
+    print(
+        f"default size, default workers, {'default ' if not args.pixel_budget else ''}pixel "
+        f"budget: peak RSS {first['rss_mb']:.0f} MB, {first['ok']}/{n} ok (goal <= "
+        f"{GOAL_BIG_RSS_MB:.0f} MB and {n}/{n}: {goal(met)}; old pipeline {OLD_BIG_RSS})",
+        flush=True,
+    )
+    peaks = [r["rss_mb"] for r in runs]
+    budgets = [default, default // 4, args.tiny_budget]
+    falling = all(b < a for a, b in zip(peaks, peaks[1:], strict=False))
+    print(
+        "peak RSS by pixel budget: "
+        + "  |  ".join(f"{b:,} -> {p:.0f} MB" for b, p in zip(budgets, peaks, strict=True))
+        + f"   falls as the budget falls (monotone): {'yes' if falling else 'no'} "
+        f"(goal: {goal(falling)})",
+        flush=True,
+    )
+
+
+def output_sizes(prefix: str) -> Counter:
+    """(width, height) of every PNG under prefix, from its header (a ranged GET of 64 KB)."""
+    client = storage.get_client()
+
+    def size(info: storage.ObjectInfo) -> tuple[int, int]:
+        bucket, key = storage.split_s3(info.uri)
+        head = client.get_object(Bucket=bucket, Key=key, Range="bytes=0-65535")["Body"].read()
+        return Image.open(io.BytesIO(head)).size
+
+    with ThreadPoolExecutor(8) as pool:
+        return Counter(pool.map(size, list(storage.list_objects(prefix))))
+
+
+def memory_native(
+    args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, model: str
+) -> None:
+    """--size native: every 7000x7000 picture through the model in tiles, kept at 7000x7000."""
+    n, side = args.big_count, args.big_side
+    r = run_cli(server, tmp, "mem-native", inp="s3://bench/big-png", model=model,
+                extra=("--size", "native"))  # fmt: skip
+    print(cli_line(f"{n} x {side}x{side}, --size native", r, n), flush=True)
+    sizes = {kind: output_sizes(f"{r['output']}/{kind}") for kind in ("stylized", "reconstructed")}
+    right = {kind: found[(side, side)] for kind, found in sizes.items()}
+    shown = "; ".join(
+        f"{kind}: " + ", ".join(f"{n} at {w}x{h}" for (w, h), n in found.most_common())
+        for kind, found in sizes.items()
+    )
+    met = r["ok"] == n and all(k == n for k in right.values()) and r["rss_mb"] <= GOAL_NATIVE_MB
+    print(
+        f"--size native: {r['ok']}/{n} ok; outputs' PNG headers read from S3: {shown or 'none'}; "
+        f"peak RSS {r['rss_mb']:.0f} MB (goal {n}/{n} at {side}x{side} within "
+        f"{GOAL_NATIVE_MB:.0f} MB: {goal(met)})",
+        flush=True,
+    )
+
+
+def memory_faces(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, model: str) -> None:
+    """200 vs 2,000 small faces: the peak must not grow with the input count."""
     sizes = {}
-    for n in (200, 2000):
+    few, many = args.faces
+    for n in (few, many):
         put_faces(f"s3://bench/rss-{n}/in", n, 64)
-        sizes[n] = run_probe(server, tmp, f"rss-{n}", inp=f"s3://bench/rss-{n}/in", model=tiny)
-    small, large = sizes[200], sizes[2000]
+        sizes[n] = run_cli(server, tmp, f"mem-faces-{n}", inp=f"s3://bench/rss-{n}/in", model=model)
+        print(cli_line(f"{n:,} JPEG faces of 64x64, default options", sizes[n], n), flush=True)
+    small, large = sizes[few], sizes[many]
     ratio = large["rss_mb"] / small["rss_mb"]
     print(
-        f"64x64 faces: {small['rss_mb']:.0f} MB for 200 images ({small['ok']} ok), "
-        f"{large['rss_mb']:.0f} MB for 2,000 ({large['ok']} ok) -> {ratio:.2f}x "
+        f"64x64 faces: {small['rss_mb']:.0f} MB for {few:,} images ({small['ok']} ok), "
+        f"{large['rss_mb']:.0f} MB for {many:,} ({large['ok']} ok) -> {ratio:.2f}x "
         f"(goal <= {GOAL_RSS_RATIO}x: {goal(ratio <= GOAL_RSS_RATIO)})",
         flush=True,
     )
 
 
 # ---------------------------------------------------------------------------------------------
+# Part "speed": native-size photos through the seed preset, tiles and all
 
 
-def main() -> None:
+def run_tiles(height: int, width: int, model_cfg) -> tuple[int, int, Grid]:  # noqa: ANN001
+    """The tile and margin a `--size native` run uses (translate._geometry with the config's
+    defaults) and the grid of one height x width picture."""
+    from cyclegan_jobs.translate import _geometry
+
+    defaults = {f.name: f.default for f in fields(TranslateConfig)}
+    cfg = SimpleNamespace(size="native", tile=defaults["tile"], tile_margin=defaults["tile_margin"])
+    _, tile, margin = _geometry(SimpleNamespace(cfg=cfg, model_cfg=model_cfg))
+    return tile, margin, Grid(height, width, tile, margin)
+
+
+def after_first_batch(result: dict) -> tuple[int, float]:
+    """(tiles, seconds) from the end of the first model call (load and compile included) to the
+    last output written: the steady state, in tiles (the summary's images_per_sec takes the
+    first batch's tiles off the image count, and falls back to the overall rate below it)."""
+    calls, times = result.get("infer_calls") or [], result.get("output_times") or []
+    if len(calls) < 2 or not times:
+        return 0, float("nan")
+    return sum(c[2] for c in calls[1:]), max(times[-1], calls[-1][1]) - calls[0][1]
+
+
+def model_alone_tiles(
+    version_uri: str,
+    model_cfg,
+    precision: str,
+    tiles: list[np.ndarray],
+    reps: int,  # noqa: ANN001
+) -> float:
+    """Tiles per second of the generators alone (translate and reconstruct, as the run) on a
+    batch of the run's tiles, after a compiling call."""
+    from cyclegan_jobs.inference import Generators
+
+    tile = tiles[0].shape[0]
+    gens = Generators.load(version_uri, replace(model_cfg, image_size=tile), precision,
+                           ("generator_BA", "generator_AB"))  # fmt: skip
+    batch = np.stack(tiles)
+    gens.translate(batch, "b2a", reconstruct=True)
+    t = time.perf_counter()
+    for _ in range(reps):
+        gens.translate(batch, "b2a", reconstruct=True)
+    return reps * len(batch) / (time.perf_counter() - t)
+
+
+def part_speed(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path) -> None:
+    from cyclegan_jobs.model import resolve_precision
+
+    store = "s3://bench/seed-models"
+    version_uri = registry.version_uri(store, make_version(store, "seed", 256))
+    model_cfg, _ = preset("seed", 256)
+    precision = resolve_precision("auto")
+    print(
+        f"\n== speed: phone-photo JPEGs at native size through the seed preset (random weights), "
+        f"auto precision ({precision} here), translate + reconstruct; (a) translate() in a fresh "
+        f"process (translate_probe.py, --size native, batch {args.speed_batch} tiles), MP of "
+        f"image area per s from the end of the first model call (load, compile) to the last "
+        f"output; (b) the generators alone on a batch of the same tiles; {load_note()}",
+        flush=True,
+    )
+    lines = []
+    for size, n in zip(SPEED_SIZES, (args.speed_photos, args.speed_big), strict=True):
+        if n:
+            lines += speed_case(args, server, tmp, (store, version_uri, model_cfg), size, n)
+    print("\nspeed summary\n" + "\n".join(lines), flush=True)
+
+
+def speed_case(
+    args: argparse.Namespace,
+    server: local_s3.LocalS3,
+    tmp: Path,
+    model: tuple,
+    size: tuple[int, int],
+    n: int,
+) -> list[str]:
+    store, version_uri, model_cfg = model
+    (width, height), t0 = size, time.perf_counter()
+    files = photo_jpegs(n, seed=3, size=size)
+    inp = f"s3://bench/speed-{width}x{height}"
+    put_files(inp, files, n, "photo_{i:03d}.jpg")
+    tile, margin, grid = run_tiles(height, width, model_cfg)
+    mp_per_tile = width * height / 1e6 / len(grid)
+    t1 = time.perf_counter()
+    result = run_probe(server, tmp, f"speed-{width}x{height}", inp=inp, model=store,
+                       batch_size=args.speed_batch, size="native")  # fmt: skip
+    t2 = time.perf_counter()
+    tiles_after, seconds = after_first_batch(result)
+    a = tiles_after * mp_per_tile / seconds if tiles_after else float("nan")
+    picture = np.asarray(Image.open(io.BytesIO(files[0])).convert("RGB"))
+    cut_tiles = list(cut(picture, grid))
+    batch = [cut_tiles[i % len(cut_tiles)] for i in range(min(args.speed_batch, n * len(grid)))]
+    b = model_alone_tiles(version_uri, model_cfg, precision_of(result), batch, args.speed_reps)
+    b_mp = b * mp_per_tile
+    t3 = time.perf_counter()
+    summary = result["summary"]
+    label = f"{width}x{height} x {n}"
+    ratio = a / b_mp
+    area = grid.area_ratio()
+    out = [
+        f"{label}: {result['ok']}/{n} ok, {len(grid)} tile(s) of {tile}x{tile} (margin {margin}) "
+        f"per picture, {n * len(grid)} in all, batch {args.speed_batch}, precision "
+        f"{summary.get('precision')}; took {t3 - t0:.0f} s (inputs {t1 - t0:.0f} s, run "
+        f"{t2 - t1:.0f} s, model alone {t3 - t2:.0f} s)",
+        f"  (a) end to end: {a:.4f} MP/s after the first batch ({tiles_after} tiles in "
+        f"{seconds:.1f} s; summary: {summary['images_per_sec']} images/s, timings "
+        f"{summary['timings']}, {result['rss_mb']:.0f} MB peak RSS)",
+        f"  (b) model alone: {b_mp:.4f} MP/s of image area ({b:.3f} tiles/s, batch {len(batch)}, "
+        f"{args.speed_reps} timed call(s) after a compiling one)",
+        f"  (c) a/b = {ratio:.2f} (goal >= {GOAL_SPEED_RATIO}: {goal(ratio >= GOAL_SPEED_RATIO)})",
+        f"  (d) tiles' area / images' area = {area:.3f} (Grid.area_ratio; goal <= "
+        f"{GOAL_AREA_RATIO}: {goal(area <= GOAL_AREA_RATIO)})",
+    ]
+    print("\n".join(out), flush=True)
+    return out
+
+
+def precision_of(result: dict) -> str:
+    """The precision the run used (auto resolved), for the model-alone figure."""
+    return result["summary"].get("precision") or "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run")
     p.add_argument("--skip-memory", action="store_true", help="all parts but memory")
@@ -775,8 +1102,18 @@ def main() -> None:
         "--feed-processes", type=int, default=0, help="(d) with N worker processes (0: threads)"
     )
     p.add_argument(
-        "--pixel-budget", type=int, help="for the 7000x7000 PNGs (default: the config's default)"
+        "--pixel-budget", type=int, help="memory: the first 7000x7000 case's (default: the CLI's)"
     )
+    p.add_argument("--tiny-budget", type=int, default=50, help="memory: the smallest budget")
+    p.add_argument("--big-count", type=int, default=20, help="memory: big PNGs per case")
+    p.add_argument("--big-side", type=int, default=7000, help="memory: the big PNGs' side")
+    p.add_argument(
+        "--faces", type=int, nargs=2, default=[200, 2000], help="memory: the two face counts"
+    )
+    p.add_argument("--speed-photos", type=int, default=4, help="speed: 1024x768 JPEGs (0: none)")
+    p.add_argument("--speed-big", type=int, default=1, help="speed: 4032x3024 JPEGs (0: none)")
+    p.add_argument("--speed-batch", type=int, default=2, help="speed: the runs' batch, in tiles")
+    p.add_argument("--speed-reps", type=int, default=2, help="speed: timed model-alone calls")
     p.add_argument(
         "--wait-quiet",
         type=float,
@@ -811,6 +1148,11 @@ def main() -> None:
         help="also run the feed's 1024x768 -> PNG case with this commit's cyclegan_jobs "
         "(e.g. the one before the staged pipeline)",
     )
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     for case in args.profile_case:
         kind, _, fmt = case.partition(":")
@@ -826,7 +1168,8 @@ def main() -> None:
     parts = [
         part for part in PARTS if part in args.only and not (args.skip_memory and part == "memory")
     ]
-
+    if "memory" in parts:
+        time_binary()  # before any work: installed if missing, or stop here
     taskset = shutil.which("taskset")
     affinity = sorted(os.sched_getaffinity(0))
     print(
@@ -836,7 +1179,6 @@ def main() -> None:
     )
     if not set(CORE_SETS[-1].split(",")) <= {str(c) for c in affinity}:
         print("warning: cores 0 and 1 are not both available: taskset -c 0,1 may fail", flush=True)
-
     wait_quiet(args.wait_quiet)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -850,25 +1192,29 @@ def main() -> None:
             )
             storage.configure(endpoint_url=server.endpoint_url)
             storage.get_client().create_bucket(Bucket="bench")
-            if "model" in parts:
-                part_model(args, tmp)
-            if "feed" in parts or "profile" in parts:
-                feed_model = "s3://bench/feed-models"
-                make_version(feed_model, "tiny", 256)  # only its config is used (identity model)
-                kinds = (
-                    {c.partition(":")[0] for c in args.profile_case}
-                    if "profile" in parts
-                    else set()
-                )
-                kinds |= set(args.feed_inputs) if "feed" in parts else set()
-                prefixes = upload_feed_inputs(args.feed_images, tuple(sorted(kinds)))
-                if "feed" in parts:
-                    part_feed(args, server, tmp, prefixes, feed_model)
-                if "profile" in parts:
-                    part_profile(args, server, tmp, prefixes, feed_model)
-            if "memory" in parts:
-                part_memory(args, server, tmp)
+            run_parts(args, parts, server, tmp)
             print(f"\nat the end: {load_note()}")
+
+
+def run_parts(
+    args: argparse.Namespace, parts: list[str], server: local_s3.LocalS3, tmp: Path
+) -> None:
+    if "model" in parts:
+        part_model(args, tmp)
+    if "feed" in parts or "profile" in parts:
+        feed_model = "s3://bench/feed-models"
+        make_version(feed_model, "tiny", 256)  # only its config is used (identity model)
+        kinds = {c.partition(":")[0] for c in args.profile_case} if "profile" in parts else set()
+        kinds |= set(args.feed_inputs) if "feed" in parts else set()
+        prefixes = upload_feed_inputs(args.feed_images, tuple(sorted(kinds)))
+        if "feed" in parts:
+            part_feed(args, server, tmp, prefixes, feed_model)
+        if "profile" in parts:
+            part_profile(args, server, tmp, prefixes, feed_model)
+    if "speed" in parts:  # before memory: its figures are the ones other load skews
+        part_speed(args, server, tmp)
+    if "memory" in parts:
+        part_memory(args, server, tmp)
 
 
 if __name__ == "__main__":

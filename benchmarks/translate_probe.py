@@ -2,7 +2,7 @@
 
     python benchmarks/translate_probe.py --endpoint URL --input URI --output URI --model URI \
         --work-dir DIR --result FILE [--format png|jpeg] [--batch-size N] [--pixel-budget N] \
-        [--identity] [--stages]
+        [--size native|N] [--identity] [--stages]
 
 --identity replaces the model by the identity function (Generators.load returns an object whose
 translate gives the batch back), so the run measures the feed: listing, GET, decode, resize,
@@ -206,7 +206,23 @@ def steady_rate(times: list[float], skip: int) -> float | None:
     return (len(times) - 1 - skip) / (times[-1] - times[skip])
 
 
-def main() -> None:
+def record_infer_calls(calls: list[tuple[float, float, int]]) -> None:
+    """Note each model call of the pipeline (start, end, tiles in the batch): the first one also
+    loads and compiles; the rest is the steady state."""
+    from cyclegan_jobs import translate as job
+
+    infer = job._infer
+
+    def timed_infer(run, generators, batch):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        outs = infer(run, generators, batch)
+        calls.append((t0, time.perf_counter(), len(batch)))
+        return outs
+
+    job._infer = timed_infer
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     for name in ("endpoint", "input", "output", "model", "work-dir", "result"):
         p.add_argument(f"--{name}", required=True)
@@ -214,23 +230,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pixel-budget", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--size", default=None, help="native or a long side (default: the model's)")
     p.add_argument("--feed-processes", type=int, default=0)
     p.add_argument("--identity", action="store_true")
     p.add_argument("--stages", action="store_true")
-    args = p.parse_args()
+    return p.parse_args()
 
-    clock = StageClock() if args.stages else None
-    if clock is not None:
-        install_stage_clock(clock)
-    done_times: list[float] = []
-    record_output_times(done_times)
-    from cyclegan_jobs import storage
+
+def make_config(args: argparse.Namespace) -> Any:
+    """The TranslateConfig of the run (options this cyclegan_jobs lacks are an error)."""
     from cyclegan_jobs.config import TranslateConfig
-    from cyclegan_jobs.translate import translate
 
-    if args.identity:
-        use_identity_model(clock)
-    storage.configure(endpoint_url=args.endpoint)
     options: dict[str, Any] = dict(
         input=args.input,
         output=args.output,
@@ -240,26 +250,46 @@ def main() -> None:
         work_dir=args.work_dir,
     )
     fields = {f.name for f in dataclasses.fields(TranslateConfig)}
-    for name in ("pixel_budget", "workers"):
-        value = getattr(args, name)
+    size = args.size if args.size in (None, "native") else int(args.size)
+    for name, value in (("pixel_budget", args.pixel_budget), ("workers", args.workers),
+                        ("size", size)):  # fmt: skip
         if value is not None:
             if name not in fields:
                 raise SystemExit(f"this cyclegan_jobs has no TranslateConfig.{name}")
             options[name] = value
     if args.feed_processes:
         options["feed_processes"] = args.feed_processes
-    cfg = TranslateConfig(**options)
+    return TranslateConfig(**options)
+
+
+def usage_delta(u0: Any, u1: Any, fields: tuple[str, ...] = ("ru_utime", "ru_stime")) -> float:
+    return sum(getattr(u1, f) - getattr(u0, f) for f in fields)
+
+
+def main() -> None:
+    args = parse_args()
+    clock = StageClock() if args.stages else None
+    if clock is not None:
+        install_stage_clock(clock)
+    done_times: list[float] = []
+    infer_calls: list[tuple[float, float, int]] = []
+    record_output_times(done_times)
+    record_infer_calls(infer_calls)
+    from cyclegan_jobs import storage
+    from cyclegan_jobs.translate import translate
+
+    if args.identity:
+        use_identity_model(clock)
+    storage.configure(endpoint_url=args.endpoint)
+    cfg = make_config(args)
 
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = translate(cfg)
     usage1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
-    # Worker processes (feed_processes), counted once they have ended.
-    children_cpu = sum(
-        getattr(children1, f) - getattr(children0, f) for f in ("ru_utime", "ru_stime")
-    )
+    cpu = usage_delta(usage0, usage1)
+    children_cpu = usage_delta(children0, children1)  # worker processes, once they have ended
     result = {
         "summary": summary,
         "ok": summary["counts"]["ok"],
@@ -269,6 +299,8 @@ def main() -> None:
         # load's time, so its figure includes listing and the first fetches).
         "steady_images_per_sec": steady_rate(done_times, args.batch_size - 1),
         "output_times": [round(t - wall0, 4) for t in sorted(done_times)],  # from translate()
+        # Model calls: [start, end, tiles] in s from the start of translate().
+        "infer_calls": [[round(a - wall0, 4), round(b - wall0, 4), n] for a, b, n in infer_calls],
         "pixel_budget": summary.get("pixel_budget", getattr(cfg, "pixel_budget", None)),
         "rss_mb": usage1.ru_maxrss / 1024,
         "translate_wall_s": wall,
