@@ -27,7 +27,7 @@ memory The CLI as users run it: each case a fresh `cyclegan-jobs translate` proc
        3 GB); 200 vs 2,000 64x64 faces (goal <= 1.2x). Each case: peak RSS, ok count, wall s.
 speed  Native-size phone-photo JPEGs, 1024x768 (--speed-photos) and 4032x3024 (--speed-big),
        through the seed preset (random weights) at auto precision, --size native, in tiles of
-       the run's shape (translate._geometry, tiles.Grid) and --speed-batch tiles per batch:
+       the run's shape (translate._geometry, tiles.Grid), --speed-batch as translate's --batch-size:
          (a) translate() in a fresh process (translate_probe.py): MP of image area per s from the
              end of the first model call (load, compile) to the last output written
          (b) the generators alone on a batch of the same tiles, MP of image area per s
@@ -35,7 +35,7 @@ speed  Native-size phone-photo JPEGs, 1024x768 (--speed-photos) and 4032x3024 (-
 Run: `.venv/bin/python benchmarks/translate.py [--only feed profile memory model speed]
       [--feed-images 300] [--images 256] [--ref REF] [--baseline-ref REF] [--wait-quiet 900]
       [--big-count 20] [--big-side 7000] [--faces 200 2000] [--tiny-budget 50]
-      [--speed-photos 4] [--speed-big 1] [--speed-batch 2] [--speed-reps 2]`.
+      [--speed-photos 4] [--speed-big 1] [--speed-batch 32] [--speed-reps 2]`.
 --ref measures a commit's cyclegan_jobs instead of the working tree's; --baseline-ref adds the
 1024x768 -> PNG feed case with another commit's (e.g. the pipeline before). Other processes on
 the machine skew the pinned figures: each feed row shows their share of the CPUs ('others'),
@@ -985,6 +985,11 @@ def after_first_batch(result: dict) -> tuple[int, float]:
     return sum(c[2] for c in calls[1:]), max(times[-1], calls[-1][1]) - calls[0][1]
 
 
+def summary_tiles_per_call(result: dict) -> int:
+    """Tiles per model call of a run (its summary's "tiles")."""
+    return int(result["summary"]["tiles"]["batch"])
+
+
 def model_alone_tiles(
     version_uri: str,
     model_cfg,
@@ -1017,7 +1022,7 @@ def part_speed(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path) ->
     print(
         f"\n== speed: phone-photo JPEGs at native size through the seed preset (random weights), "
         f"auto precision ({precision} here), translate + reconstruct; (a) translate() in a fresh "
-        f"process (translate_probe.py, --size native, batch {args.speed_batch} tiles), MP of "
+        f"process (translate_probe.py, --size native, --batch-size {args.speed_batch}), MP of "
         f"image area per s from the end of the first model call (load, compile) to the last "
         f"output; (b) the generators alone on a batch of the same tiles; {load_note()}",
         flush=True,
@@ -1052,7 +1057,8 @@ def speed_case(
     a = tiles_after * mp_per_tile / seconds if tiles_after else float("nan")
     picture = np.asarray(Image.open(io.BytesIO(files[0])).convert("RGB"))
     cut_tiles = list(cut(picture, grid))
-    batch = [cut_tiles[i % len(cut_tiles)] for i in range(min(args.speed_batch, n * len(grid)))]
+    per_call = summary_tiles_per_call(result)  # what the run put in each model call
+    batch = [cut_tiles[i % len(cut_tiles)] for i in range(per_call)]
     b = model_alone_tiles(version_uri, model_cfg, precision_of(result), batch, args.speed_reps)
     b_mp = b * mp_per_tile
     t3 = time.perf_counter()
@@ -1062,7 +1068,7 @@ def speed_case(
     area = grid.area_ratio()
     out = [
         f"{label}: {result['ok']}/{n} ok, {len(grid)} tile(s) of {tile}x{tile} (margin {margin}) "
-        f"per picture, {n * len(grid)} in all, batch {args.speed_batch}, precision "
+        f"per picture, {n * len(grid)} in all, {per_call} per model call, precision "
         f"{summary.get('precision')}; took {t3 - t0:.0f} s (inputs {t1 - t0:.0f} s, run "
         f"{t2 - t1:.0f} s, model alone {t3 - t2:.0f} s)",
         f"  (a) end to end: {a:.4f} MP/s after the first batch ({tiles_after} tiles in "
@@ -1112,7 +1118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--speed-photos", type=int, default=4, help="speed: 1024x768 JPEGs (0: none)")
     p.add_argument("--speed-big", type=int, default=1, help="speed: 4032x3024 JPEGs (0: none)")
-    p.add_argument("--speed-batch", type=int, default=2, help="speed: the runs' batch, in tiles")
+    p.add_argument("--speed-batch", type=int, default=32,
+                   help="speed: the runs' --batch-size (pictures of the model's size)")  # fmt: skip
     p.add_argument("--speed-reps", type=int, default=2, help="speed: timed model-alone calls")
     p.add_argument(
         "--wait-quiet",
