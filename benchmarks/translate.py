@@ -896,11 +896,15 @@ def memory_budgets(
     )
     peaks = [r["rss_mb"] for r in runs]
     budgets = [default, default // 4, args.tiny_budget]
-    falling = all(b < a for a, b in zip(peaks, peaks[1:], strict=False))
+    # A budget below one picture lets pictures in one at a time, as does any budget below two:
+    # equal peaks there are by design, so "falls" allows RSS noise (2 %) between neighbours.
+    falling = peaks[-1] < peaks[0] and all(
+        b <= a * 1.02 for a, b in zip(peaks, peaks[1:], strict=False)
+    )
     print(
         "peak RSS by pixel budget: "
         + "  |  ".join(f"{b:,} -> {p:.0f} MB" for b, p in zip(budgets, peaks, strict=True))
-        + f"   falls as the budget falls (monotone): {'yes' if falling else 'no'} "
+        + f"   never rises (2 % noise) and falls overall: {'yes' if falling else 'no'} "
         f"(goal: {goal(falling)})",
         flush=True,
     )
