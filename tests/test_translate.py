@@ -91,6 +91,7 @@ def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:
         "source-etag": source["etag"],
         "model-version": version,
         "direction": "b2a",
+        "size": str(SIZE),  # the default: the model's image size as the long side
     }
     picture = images.decode_image(storage.read_bytes(f"{out}/stylized/people/face_003.png"))
     assert picture.shape == (SIZE, SIZE, 3)
