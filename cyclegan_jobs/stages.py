@@ -230,7 +230,7 @@ class Store:
         except Exception as err:  # never lose an image silently: it fails with the reason
             log.exception("store %s", item.info.rel)
             item.fail(f"write failed: {type(err).__name__}: {err}")
-        del outs, job
+        del outs, job  # the pixels go back to the budget: this frame no longer holds them
         budget = self.budget or child_budget()
         if budget is not None:
             budget.release(item.held)

@@ -202,7 +202,10 @@ class Threads(_Results):
 
     def _work(self) -> None:
         while (job := self._inbox.get()) is not None:
-            self.results.put(self._fn(job))
+            result = self._fn(job)
+            # Not kept until the next job comes: a store job holds a whole picture's outputs.
+            del job
+            self.results.put(result)
 
     def submit(self, job: Any) -> None:
         self.pending += 1
