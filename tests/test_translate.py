@@ -466,3 +466,34 @@ def test_the_paper_preset_is_refused_in_tiles_before_any_work(tmp_path) -> None:
     assert not Path(out).exists()  # refused before any work
     done = translate(_cfg(inp, out, store, size=64, tile=64, tile_margin=16))
     assert done["counts"]["ok"] == 2
+
+
+def test_native_and_long_side_sizes_keep_every_kind_of_inputs_aspect(
+    random_model_store,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """--size native: each output has its input's upright size; --size N: long side N, the
+    input's aspect (rounded). Among the inputs a 3000x800 panorama (3 tiles of 1088), a 16-bit
+    PNG, a palette PNG, RGBA, a 37x23 thumbnail and an EXIF-rotated portrait."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    ramp = np.linspace(0, 65535, 3000, dtype=np.uint16)[None, :].repeat(800, axis=0)
+    Image.fromarray(ramp).save(inp / "pano16.png")  # 16-bit gray, 3000x800
+    Image.new("P", (120, 90), 3).save(inp / "palette.png")
+    Image.new("RGBA", (64, 48), (0, 200, 0, 128)).save(inp / "rgba.png")
+    Image.new("RGB", (37, 23), (9, 9, 9)).save(inp / "thumb.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored 160x90, shown 90x160
+    Image.new("RGB", (160, 90), (200, 10, 10)).save(inp / "portrait.jpg", exif=exif.tobytes())
+    upright = {"pano16": (3000, 800), "palette": (120, 90), "rgba": (64, 48), "thumb": (37, 23),
+               "portrait": (90, 160)}  # fmt: skip
+    for size in ("native", 100):
+        out = tmp_path / f"out-{size}"
+        summary = translate(_cfg(str(inp), str(out), random_model_store, size=size))
+        assert summary["counts"]["ok"] == len(upright), summary["counts"]
+        for name, (w, h) in upright.items():
+            scale = 1 if size == "native" else 100 / max(w, h)
+            expected = (max(1, round(w * scale)), max(1, round(h * scale)))
+            for kind in ("stylized", "reconstructed"):
+                picture = Image.open(out / kind / f"{name}.png")
+                assert picture.mode == "RGB" and picture.size == expected, (size, name, kind)
