@@ -215,8 +215,8 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
         assert "cyclegan" in dag["tags"]
         assert "Settings" in dag["doc_md"] and "Trigger" in dag["doc_md"]
     assert set(nightly["params"]) == {
-        "input", "output", "model_store", "scope", "direction", "batch_size", "shard_size",
-        "max_failure_rate",
+        "input", "output", "model_store", "scope", "direction", "size", "batch_size",
+        "shard_size", "max_failure_rate",
     }  # fmt: skip
     assert set(retrain["params"]) == {
         "preset", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "image_size",
@@ -226,6 +226,10 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
     assert retrain["params"]["epochs"]["minimum"] == 1
     assert retrain["params"]["promote"]["enum"] == ["gate", "never"]
     assert nightly["params"]["scope"]["enum"] == ["new", "all"]
+    size = re.compile(nightly["params"]["size"]["pattern"])  # what the form lets through
+    assert [bool(size.match(v)) for v in ("default", "native", "1024", "0", "big", "")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
 
 
 def test_the_forms_choices_are_the_librarys(parsed: dict) -> None:
