@@ -179,7 +179,7 @@ def load(
 ) -> Item:
     """GET and decode one input, upright, its long side `long_side` (None: its own size), its
     aspect kept, within the pixel budget (in a worker process: the one it shares). The picture
-    and its `outputs` stay in the budget (`item.held`) until the run records the item."""
+    and its `outputs` stay in the budget (`item.held`) until the outputs are written."""
     try:
         data = storage.read_bytes(item.info.uri)
         decoded = images.decode_at_size(
