@@ -61,11 +61,13 @@ def run(nets: list, batch: np.ndarray) -> list[np.ndarray]:
     translate job's reconstruction: the second net gets the first's float output)."""
     import tensorflow as tf
 
-    x = tf.cast(batch, tf.float32) / 127.5 - 1.0
+    from cyclegan_jobs.images import to_uint8, to_unit
+
+    x = tf.constant(to_unit(batch))
     outs = []
     for net in nets:
         x = net(x, training=False)
-        outs.append(np.clip((x.numpy() + 1.0) * 127.5, 0, 255).round().astype(np.uint8))
+        outs.append(to_uint8(x.numpy()))
     return outs
 
 

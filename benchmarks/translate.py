@@ -59,7 +59,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -839,7 +839,7 @@ def cli_line(label: str, r: dict, n: int) -> str:
 
 
 def default_pixel_budget() -> int:
-    return next(f.default for f in fields(TranslateConfig) if f.name == "pixel_budget")
+    return TranslateConfig.pixel_budget
 
 
 def part_memory(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path) -> None:
@@ -973,8 +973,8 @@ def run_tiles(height: int, width: int, model_cfg) -> tuple[int, int, Grid]:  # n
     defaults) and the grid of one height x width picture."""
     from cyclegan_jobs.translate import _geometry
 
-    defaults = {f.name: f.default for f in fields(TranslateConfig)}
-    cfg = SimpleNamespace(size="native", tile=defaults["tile"], tile_margin=defaults["tile_margin"])
+    cfg = SimpleNamespace(size="native", tile=TranslateConfig.tile,
+                          tile_margin=TranslateConfig.tile_margin)  # fmt: skip
     _, tile, margin = _geometry(SimpleNamespace(cfg=cfg, model_cfg=model_cfg))
     return tile, margin, Grid(height, width, tile, margin)
 

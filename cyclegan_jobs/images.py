@@ -41,10 +41,6 @@ class Decoded:
 
 
 class _NoBudget:
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        yield
-
     def acquire(self, pixels: int) -> None:
         pass
 

@@ -42,6 +42,8 @@ COMPACT_AFTER = 32
 META_SOURCE_KEY, META_SOURCE_ETAG = "source-key", "source-etag"
 META_MODEL, META_DIRECTION = "model-version", "direction"
 META_SIZE = "size"
+# Rule.stale's reason for a changed input: a new input, not a redo.
+INPUT_CHANGED = "the input changed"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Rule:
         """Why outputs recorded with `done` (etag, model, direction, size) are not up to date
         for this run, or None when they are."""
         if done.get("etag") != source_etag:
-            return "the input changed"
+            return INPUT_CHANGED
         if done.get("direction") != self.direction:
             return "another direction"
         if self.scope != "all":
@@ -92,7 +94,7 @@ class HeadIndex:
 
     def _current(self, etag: str, done: dict[str, str]) -> bool:
         reason = self.rule.stale(etag, done)
-        if reason is not None and reason != "the input changed":
+        if reason is not None and reason != INPUT_CHANGED:
             self.redone[reason] += 1
         return reason is None
 
