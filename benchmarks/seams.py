@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclegan_jobs.config import preset  # noqa: E402
+from cyclegan_jobs.config import TranslateConfig, preset  # noqa: E402
+from cyclegan_jobs.inference import Generators  # noqa: E402
 from cyclegan_jobs.metrics import psnr  # noqa: E402
 from cyclegan_jobs.sample_data import synthetic_faces  # noqa: E402
-from cyclegan_jobs.tiles import Grid, cut, paste  # noqa: E402
+from cyclegan_jobs.tiles import Grid, cut, downscale, paste  # noqa: E402
 
 BORDER = 32
 
@@ -56,6 +59,58 @@ def generator(name: str, model: str | None, net_name: str = "generator_BA"):  # 
     return net
 
 
+def strips(conv, x, rows: int = 512):  # noqa: ANN001, ANN201
+    """A stride-1 'valid' Conv2D over a large input, in strips of output rows (exact: each
+    strip takes its kernel's rows of context). TensorFlow's CPU kernel crashes (SIGSEGV) on
+    the paper's last 7x7 convolution over a whole 12 MP picture."""
+    import tensorflow as tf
+
+    reach = conv.kernel_size[0] - 1
+    height = x.shape[1] - reach
+    return tf.concat(
+        [conv(x[:, a : min(a + rows, height) + reach]) for a in range(0, height, rows)], 1
+    )
+
+
+def _apply(op, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
+    import keras
+
+    shape = getattr(args[0], "shape", ()) if args else ()
+    big = len(shape) == 4 and shape[1] * shape[2] > 4_000_000
+    if (
+        big
+        and isinstance(op, keras.layers.Conv2D)
+        and op.padding == "valid"
+        and op.strides == (1, 1)
+    ):
+        return strips(op, args[0])
+    return op(*args, **kwargs)
+
+
+def lean(net, x):  # noqa: ANN001, ANN201
+    """net(x), eager, layer by layer, each intermediate freed after its last use: Keras' own
+    graph walk keeps them all, tens of GB for the paper's ResNet on a 12 MP picture."""
+    uses: dict[int, int] = {}
+    for nodes in net._nodes_by_depth.values():
+        for node in nodes:
+            for t in node.input_tensors:
+                uses[id(t)] = uses.get(id(t), 0) + 1
+    values = {id(net.inputs[0]): x}
+    for depth in sorted(net._nodes_by_depth, reverse=True):
+        for node in net._nodes_by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue
+            args, kwargs = node.arguments.fill_in(values)
+            outputs = _apply(node.operation, args, kwargs)
+            for t, value in zip(node.outputs, [outputs], strict=True):
+                values[id(t)] = value
+            for t in node.input_tensors:
+                uses[id(t)] -= 1
+                if not uses[id(t)] and t is not net.outputs[0]:
+                    del values[id(t)]
+    return values[id(net.outputs[0])]
+
+
 def run(nets: list, batch: np.ndarray) -> list[np.ndarray]:
     """uint8 batch -> uint8 outputs of nets[0] and, with two nets, of the chain back (the
     translate job's reconstruction: the second net gets the first's float output)."""
@@ -66,18 +121,26 @@ def run(nets: list, batch: np.ndarray) -> list[np.ndarray]:
     x = tf.constant(to_unit(batch))
     outs = []
     for net in nets:
-        x = net(x, training=False)
+        x = lean(net, x)
         outs.append(to_uint8(x.numpy()))
     return outs
 
 
-def tiled(nets: list, image: np.ndarray, tile: int, margin: int) -> tuple[list, Grid]:
-    grid = Grid(image.shape[0], image.shape[1], tile, margin)
-    outs = [np.zeros_like(image) for _ in nets]
+def tiled(gens, image: np.ndarray, args: argparse.Namespace, margin: int) -> tuple[list, Grid]:  # noqa: ANN001
+    """The image as the translate job does it: its tiles through inference.Generators, with
+    (instance norm) the statistics of its copy downscaled to args.stats_side."""
+    grid = Grid(image.shape[0], image.shape[1], args.tile, margin)
+    outs = [np.zeros_like(image) for _ in range(1 + args.reconstruct)]
     tiles = np.stack(list(cut(image, grid)))
-    for start in range(0, len(tiles), 4):
-        for out, tile_outs in zip(outs, run(nets, tiles[start : start + 4]), strict=True):
-            for i, t in enumerate(tile_outs, start):
+    row = None
+    if gens.per_image_norm:
+        row = gens.stats(downscale(image, args.stats_side), "b2a", args.reconstruct)
+    for start in range(0, len(tiles), 2):
+        batch = tiles[start : start + 2]
+        stats = None if row is None else np.repeat(row[None], len(batch), 0)
+        tile_outs = gens.translate(batch, "b2a", args.reconstruct, stats=stats)
+        for out, made in zip(outs, tile_outs, strict=False):
+            for i, t in enumerate(made, start):
                 paste(out, t, grid, i)
     return outs, grid
 
@@ -98,13 +161,19 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     nets = [generator(name, args.model)]
     if args.reconstruct:
         nets.append(generator(name, args.model, "generator_AB"))
+    t = time.time()
     wholes = [o[0] for o in run(nets, image[None])]
+    print(f"{name}: whole picture {time.time() - t:.0f} s", flush=True)
+    model_cfg = replace(preset(name)[0], image_size=args.tile)
+    gens = Generators({net.name: net for net in nets}, model_cfg, "float32")
     inner = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
     rows = {}
     for margin in args.margins:
-        outs, grid = tiled(nets, image, args.tile, margin)
+        t = time.time()
+        outs, grid = tiled(gens, image, args, margin)
         band = seam_band(grid)
-        row = {"tiles": len(grid), "area_ratio": round(grid.area_ratio(), 3)}
+        row = {"tiles": len(grid), "area_ratio": round(grid.area_ratio(), 3),
+               "seconds": round(time.time() - t)}  # fmt: skip
         for label, out, whole in zip(("stylized", "reconstructed"), outs, wholes, strict=False):
             row[f"{label}_psnr_db"] = round(psnr(out[inner], whole[inner]), 2)
             row[f"{label}_seam_band_psnr_db"] = round(psnr(out[band][None], whole[band][None]), 2)
@@ -122,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margins", type=lambda s: [int(x) for x in s.split(",")],
                         default=[0, 16, 32, 48, 64, 96])  # fmt: skip
     parser.add_argument("--model", default=None, help="a version URI instead of random weights")
+    parser.add_argument("--stats-side", type=int, default=TranslateConfig.stats_side,
+                        help="instance norm: the long side of the copy giving the statistics "
+                        "(default: the translate job's, %(default)s)")  # fmt: skip
     parser.add_argument("--reconstruct", action="store_true",
                         help="also the chain back (generator_AB on the stylized tile)")  # fmt: skip
     args = parser.parse_args(argv)

@@ -151,7 +151,7 @@ class IdentityGenerators:
         batch = np.asarray(batch)
         return batch, (batch if reconstruct else None)
 
-    def translate(self, batch, direction: str, reconstruct: bool = True):  # noqa: ANN001, ANN201
+    def translate(self, batch, direction: str, reconstruct: bool = True, stats=None):  # noqa: ANN001, ANN201
         if self._clock is None:
             return self._identity(batch, reconstruct)
         return self._clock.measure("infer (identity)", self._identity, batch, reconstruct)

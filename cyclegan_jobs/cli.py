@@ -164,6 +164,10 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--tile-margin", type=int, default=TranslateConfig.tile_margin, help="pixels "
                    "of context each tile keeps around what it contributes (default "
                    "%(default)s; see benchmarks/seams.py)")  # fmt: skip
+    x.add_argument("--stats-side", type=_positive, default=TranslateConfig.stats_side,
+                   help="instance-norm models (paper preset) in tiles take the statistics of a "
+                   "copy of the whole picture downscaled to this long side (default "
+                   "%(default)s)")  # fmt: skip
     x.add_argument("--format", default="png", choices=FORMATS)
     x.add_argument("--precision", default="auto", choices=PRECISIONS)
     x.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this job's part of inputs")

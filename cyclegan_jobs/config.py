@@ -73,6 +73,13 @@ class ModelConfig:
         if self.gen_filters < 1 or self.disc_filters < 1 or self.res_blocks < 1:
             raise ConfigError("filters and residual blocks must be >= 1")
 
+    @property
+    def per_image_norm(self) -> bool:
+        """Whether the generators normalize with each image's own statistics (the ResNet's
+        instance norm; the U-Net's BatchNorm is a fixed per-pixel map at inference). In tiles
+        they need the whole picture's statistics: cyclegan_jobs/norm_stats.py."""
+        return self.architecture == "resnet"
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -252,6 +259,10 @@ class TranslateConfig:
     # A U-Net output pixel depends on the input within 79 px: 80 is exact; 48 scores 52-68 dB
     # against whole-picture inference on a 12 MP photo, 37-54 dB near the cuts (seams.py).
     tile_margin: int = 48
+    # Instance-norm generators (the paper preset) take, in tiles, the statistics of a copy of
+    # the whole picture downscaled to this long side (one pass of the model over it; see
+    # norm_stats.py): larger is closer to whole-picture inference and costs more memory.
+    stats_side: int = 1024
     format: str = "png"
     precision: str = "auto"
     shard: tuple[int, int] = (0, 1)  # (index, count): a stable, disjoint subset of the inputs
@@ -300,6 +311,7 @@ class TranslateConfig:
                 self.size in (None, "native") or (isinstance(self.size, int) and self.size >= 1),
                 f"size must be 'native' or a long side in pixels >= 1, got {self.size!r}",
             ),
+            (self.stats_side >= 16, f"the stats side must be >= 16 px, got {self.stats_side}"),
             (
                 self.tile >= 16 and self.tile % 16 == 0 and self.tile > 2 * self.tile_margin >= 0,
                 f"tile {self.tile} must be a multiple of 16 larger than twice the margin "

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import registry
+from . import norm_stats, registry
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ class Generators:
 
     `translate()` gives uint8 translations (and reconstructions) for the batch job;
     `apply()` gives one generator's float output, for metrics that must see NaNs.
+
+    Generators with instance norm (`per_image_norm`: the paper preset) also take a row of
+    statistics per image for tiles (cyclegan_jobs/norm_stats.py): `stats()` of a downscaled
+    copy of the whole picture, or `own_stats()` for a tile that is a whole picture.
     """
 
     def __init__(
@@ -54,12 +58,21 @@ class Generators:
 
         self.precision = resolve_precision(precision)
         self.strategy = strategy or distribution_strategy()
+        self.per_image_norm = model_cfg.per_image_norm
         with self.strategy.scope():  # rebuilt at the chosen precision, weights copied
             self.nets = {}
             for name, net in nets.items():
-                copy = build_generator(model_cfg, name=name, dtype=POLICIES[self.precision])
+                copy = build_generator(
+                    model_cfg, name=name, dtype=POLICIES[self.precision],
+                    any_size=self.per_image_norm,  # the stats pass sees whole pictures
+                )  # fmt: skip
                 copy.set_weights(net.get_weights())
                 self.nets[name] = copy
+            self._tiled, self._stats = {}, {}
+            if self.per_image_norm:
+                for name, net in self.nets.items():
+                    self._tiled[name] = norm_stats.tiled_model(net)
+                    self._stats[name] = norm_stats.stats_model(net, with_output=True)
         self.image_size = model_cfg.image_size
         self._run = tf.function(self._chain, reduce_retracing=True)
         log.info("inference: %s precision, %d replica(s)", self.precision, self.replicas)
@@ -80,33 +93,77 @@ class Generators:
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 
-    def _chain(self, batch: tf.Tensor, names: tuple[str, ...], quantize: bool) -> list:
+    def _net(self, names: tuple[str, ...], part: int, stats: tf.Tensor | None):  # noqa: ANN202
+        """Generator names[part], or its tiled model given its part of the stats rows."""
+        if stats is None:
+            return self.nets[names[part]]
+        split = norm_stats.stats_size(self.nets[names[0]])
+        rows = stats[:, :split] if part == 0 else stats[:, split:]
+        return lambda x, training: self._tiled[names[part]]([x, rows], training=training)
+
+    def _chain(
+        self, batch: tf.Tensor, names: tuple[str, ...], quantize: bool, stats: tf.Tensor | None
+    ) -> list:
         x = tf.cast(batch, tf.float32) / 127.5 - 1.0  # the seed's normalize()
-        backward = self.nets[names[1]] if len(names) > 1 else None
-        outs = [o for o in cycle(self.nets[names[0]], backward, x) if o is not None]
+        backward = self._net(names, 1, stats) if len(names) > 1 else None
+        outs = [o for o in cycle(self._net(names, 0, stats), backward, x) if o is not None]
         return [_to_uint8(o) if quantize else tf.cast(o, tf.float32) for o in outs]
 
-    def _call(self, batch: np.ndarray, names: tuple[str, ...], quantize: bool) -> list:
+    def _call(
+        self,
+        batch: np.ndarray,
+        names: tuple[str, ...],
+        quantize: bool,
+        stats: np.ndarray | None = None,
+    ) -> list:
         if self.replicas == 1:
-            return [o.numpy() for o in self._run(batch, names, quantize)]
+            return [o.numpy() for o in self._run(batch, names, quantize, stats)]
         # Each replica gets its own contiguous slice; results come back in replica order.
         per = -(-len(batch) // self.replicas)
+
+        def part(values: np.ndarray | None, ctx: tf.distribute.ReplicaContext) -> Any:
+            start = ctx.replica_id_in_sync_group * per
+            return None if values is None else values[start:][:per]
+
         shards = self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: batch[ctx.replica_id_in_sync_group * per :][:per]
+            lambda ctx: (part(batch, ctx), part(stats, ctx))
         )
-        per_replica = self.strategy.run(self._run, args=(shards, names, quantize))
+        per_replica = self.strategy.run(lambda b, s: self._run(b, names, quantize, s), args=shards)
         return [
             np.concatenate([t.numpy() for t in self.strategy.experimental_local_results(o)])
             for o in per_replica
         ]
 
     def translate(
-        self, batch: np.ndarray, direction: str, reconstruct: bool = True
+        self,
+        batch: np.ndarray,
+        direction: str,
+        reconstruct: bool = True,
+        stats: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 N x H x W x 3 -> (translated, reconstructed or None), uint8."""
+        """uint8 N x H x W x 3 -> (translated, reconstructed or None), uint8. With
+        `per_image_norm`, `stats` gives each tile's row (`stats()` or `own_stats()`)."""
         forward, backward = DIRECTION_NETS[direction]
-        outs = self._call(batch, (forward, backward) if reconstruct else (forward,), True)
+        names = (forward, backward) if reconstruct else (forward,)
+        outs = self._call(batch, names, True, stats)
         return outs[0], (outs[1] if reconstruct else None)
+
+    def stats(self, picture: np.ndarray, direction: str, reconstruct: bool = True) -> np.ndarray:
+        """A uint8 H x W x 3 picture (a downscaled copy of the whole one) -> its row of
+        statistics for `translate`: the forward generator's and, with `reconstruct`, those of
+        the way back on the forward one's output (float32, eager: every picture has its own
+        shape, which a traced function would be retraced for)."""
+        forward, backward = DIRECTION_NETS[direction]
+        x = tf.cast(picture[None], tf.float32) / 127.5 - 1.0
+        fake, rows = self._stats[forward](x, training=False)
+        if reconstruct:
+            rows = tf.concat([rows, self._stats[backward](fake, training=False)[1]], axis=1)
+        return rows.numpy()[0]
+
+    def own_stats(self, direction: str, reconstruct: bool = True) -> np.ndarray:
+        """The row for a tile that is a whole picture: each generator its own statistics."""
+        names = DIRECTION_NETS[direction][: 2 if reconstruct else 1]
+        return np.concatenate([norm_stats.own_stats(self.nets[n], 1)[0] for n in names])
 
     def apply(self, name: str, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """One generator over uint8 images, in batches -> float32 outputs in [-1, 1]."""

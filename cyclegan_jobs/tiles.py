@@ -15,13 +15,18 @@ Each output pixel is written once, straight into a uint8 result: no float canvas
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from . import images
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,3 +167,57 @@ class Stitcher:
     def __len__(self) -> int:
         """Images with tiles still to come back."""
         return len(self._pending)
+
+
+def small_size(height: int, width: int, long_side: int, multiple: int = 4) -> tuple[int, int]:
+    """The size of the downscaled copy: long side `long_side` (never upscaled), aspect kept,
+    both sides rounded to a multiple of `multiple` (the generator's total stride)."""
+    scale = min(1.0, long_side / max(height, width))
+
+    def side(n: int) -> int:
+        return max(multiple, int(round(n * scale / multiple)) * multiple)
+
+    return side(height), side(width)
+
+
+def downscale(image: np.ndarray, long_side: int) -> np.ndarray:
+    """A uint8 H x W x 3 image resized (bicubic, antialiased) to `small_size(..., long_side)`."""
+    return images.resize(image, small_size(image.shape[0], image.shape[1], long_side))
+
+
+class PictureStats:
+    """The stats rows of the pictures in flight, for an instance-norm generator's tiles.
+
+    The feed hands over each picture cut into several tiles as a copy downscaled to long side
+    `side` (numpy only: no TensorFlow in the feed's thread); the driver turns the copy into the
+    picture's row before the picture's first tile runs (`rows`), and drops the row once the
+    picture is whole (`forget`). A picture of one tile, and a filler tile, take the tile's own
+    statistics, as the generator does.
+    """
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+        self._copies: dict[int, np.ndarray] = {}  # slot -> downscaled copy, until its row
+        self._rows: dict[int, np.ndarray] = {}  # slot -> row, until the picture is whole
+
+    def add(self, slot: int, picture: np.ndarray, tiles: int) -> None:
+        """A picture entering the stitcher at `slot`, cut into `tiles` tiles."""
+        if tiles > 1:
+            self._copies[slot] = downscale(picture, self.side)
+
+    def rows(
+        self, slots: Iterable[int], stats_of: Callable[[np.ndarray], np.ndarray], own: np.ndarray
+    ) -> np.ndarray:
+        """One row per tile of a batch (given its pictures' slots): `stats_of(copy)` for a
+        picture of several tiles, else `own`."""
+        out = []
+        for slot in slots:
+            copy = self._copies.pop(slot, None)
+            if copy is not None:
+                self._rows[slot] = stats_of(copy)
+                log.debug("statistics of picture %d from a %dx%d copy", slot, *copy.shape[:2])
+            out.append(self._rows.get(slot, own))
+        return np.stack(out).astype(np.float32)
+
+    def forget(self, slot: int) -> None:
+        self._rows.pop(slot, None)

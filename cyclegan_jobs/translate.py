@@ -46,7 +46,7 @@ from .stages import (
     sources,
     unsafe_reason,
 )
-from .tiles import Stitcher, TileRef
+from .tiles import PictureStats, Stitcher, TileRef
 from .workers import PixelBudget, Processes, Producer, StallClock, Systemic, Threads
 
 __all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
@@ -140,7 +140,6 @@ def _open_run(cfg: TranslateConfig) -> Run:
     version_uri, model_cfg = _resolve_model(cfg.model)  # only the pointer: the model loads later
     version = PurePosixPath(version_uri.rstrip("/")).name
     long_side = _long_side(cfg, model_cfg)
-    _check_tiling(cfg, model_cfg, long_side)
     rule = ledger.Rule(
         version, cfg.direction, cfg.scope, size=str(long_side or "native"),
         default_size=long_side == model_cfg.image_size,
@@ -183,18 +182,6 @@ def _resolve_model(model: str) -> tuple[str, ModelConfig]:
         return version_uri, model_config_from_dict(config["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # any shape of damage
         raise TranslateError(f"{config_uri} is not a model config: {err!r}") from err
-
-
-def _check_tiling(cfg: TranslateConfig, model: ModelConfig, long_side: int | None) -> None:
-    """The paper preset's InstanceNorm takes its statistics over the picture: in tiles, each
-    tile's own would show as seams and colour steps (benchmarks/seams.py), so it is not tiled
-    (issue 20: whole-picture statistics for tiles are not wired yet)."""
-    if model.architecture == "resnet" and (long_side is None or long_side > cfg.tile):
-        raise TranslateError(
-            f"the {model.preset} preset cannot go through in tiles yet (its InstanceNorm would "
-            f"take each tile's statistics): use --size N with N <= --tile ({cfg.tile}), or a "
-            "--tile as large as the pictures' long side"
-        )
 
 
 def _check_writable(cfg: TranslateConfig, run_id: str, version: str) -> None:
@@ -262,11 +249,18 @@ class Feed:
     """
 
     def __init__(
-        self, run: Run, items: Iterator[Item], loaders: Any, window: int, stitcher: Stitcher
+        self,
+        run: Run,
+        items: Iterator[Item],
+        loaders: Any,
+        window: int,
+        stitcher: Stitcher,
+        norm: PictureStats | None,
     ):
         # Triage runs ahead in its own thread: its requests may block, the waits here may not.
         self.items = Producer(items, run.clock, window)
         self.run, self.loaders, self.window, self.stitcher = run, loaders, window, stitcher
+        self.norm = norm
         self.error: BaseException | None = None
         self.stopped = False
         self.tiles = 0  # tiles yielded so far, fillers included
@@ -314,7 +308,10 @@ class Feed:
             self.run.record(item)
             return
         self.run.clock.tick()
-        for ref, tile in self.stitcher.add(item, item.image):
+        tiles = self.stitcher.add(item, item.image)
+        if self.norm is not None:
+            self.norm.add(tiles[0][0].slot, item.image, len(tiles))
+        for ref, tile in tiles:
             self.tiles += 1
             yield {"tile": tile, "ref": np.array([ref.slot, ref.index], np.int64)}
 
@@ -372,7 +369,8 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
     run.clock.tick()  # starting TensorFlow and worker processes was not a stall
-    feed = Feed(run, items, loaders, window=window, stitcher=stitcher)
+    norm = PictureStats(cfg.stats_side) if run.model_cfg.per_image_norm else None
+    feed = Feed(run, items, loaders, window=window, stitcher=stitcher, norm=norm)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(tile))
         .batch(per_call)
@@ -383,12 +381,17 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
         for batch in batches:
             if generators is None:  # only when there is work: a no-op rerun loads nothing
                 generators = _load_generators(run, tile)
-            outs = _infer(run, generators, batch["tile"].numpy())
-            for i, (slot, index) in enumerate(batch["ref"].numpy()):
+            refs = batch["ref"].numpy()
+            outs = _infer(
+                run, generators, batch["tile"].numpy(), _stats_rows(run, generators, norm, refs)
+            )
+            for i, (slot, index) in enumerate(refs):
                 if slot < 0:  # a filler (see Feed._next)
                     continue
                 whole = stitcher.put(TileRef(int(slot), int(index)), [o[i] for o in outs])
                 if whole is not None:
+                    if norm is not None:
+                        norm.forget(int(slot))
                     _to_store(run, triage, storers, *whole)
             if run.first_batch is None:
                 run.first_batch = list(run.whole)
@@ -459,9 +462,28 @@ def _nets(cfg: TranslateConfig) -> tuple[str, ...]:
     return names if cfg.reconstruct else names[:1]
 
 
-def _infer(run: Run, generators: Any, batch: np.ndarray) -> list[np.ndarray]:
+def _stats_rows(
+    run: Run, generators: Any, norm: PictureStats | None, refs: np.ndarray
+) -> Callable[[], np.ndarray | None]:
+    """The batch's rows of instance-norm statistics, computed when called (model time)."""
+    if norm is None:
+        return lambda: None
+    cfg = run.cfg
+    stats_of = partial(generators.stats, direction=cfg.direction, reconstruct=cfg.reconstruct)
+    own = generators.own_stats(cfg.direction, cfg.reconstruct)
+    return lambda: norm.rows([int(slot) for slot, _ in refs], stats_of, own)
+
+
+def _infer(
+    run: Run, generators: Any, batch: np.ndarray, stats: Callable[[], np.ndarray | None]
+) -> list[np.ndarray]:
+    """The batch's outputs; `stats` gives the rows of an instance-norm generator's statistics
+    (computed in here, in the model's time)."""
     t = time.time()
-    stylized, reconstructed = generators.translate(batch, run.cfg.direction, run.cfg.reconstruct)
+    cfg = run.cfg
+    stylized, reconstructed = generators.translate(
+        batch, cfg.direction, cfg.reconstruct, stats=stats()
+    )
     if "first_batch_at" in run.timings:
         run.timings["model_s"] += time.time() - t
     else:  # the first call also compiles: counted with the model load

@@ -345,19 +345,35 @@ from cyclegan_jobs.inference import Generators
 uri = registry.resolve(sys.argv[1])
 cfg = model_config_from_dict(storage.read_json(storage.join(uri, "config.json"))["model"])
 batch = np.random.default_rng(0).integers(0, 256, (5, cfg.image_size, cfg.image_size, 3), np.uint8)
-one = Generators.load(uri, cfg, "float32").translate(batch, "b2a")
+gens = Generators.load(uri, cfg, "float32")
+stats = None  # instance norm: each tile its picture's row (here other pictures' rows)
+if cfg.per_image_norm:
+    stats = np.stack([gens.stats(picture, "b2a") for picture in batch[::-1]])
+one = gens.translate(batch, "b2a", stats=stats)
 two = Generators.load(uri, cfg, "float32", strategy=tf.distribute.MirroredStrategy(
-    ["/cpu:0", "/cpu:1"])).translate(batch, "b2a")
+    ["/cpu:0", "/cpu:1"])).translate(batch, "b2a", stats=stats)
 assert [o.shape for o in two] == [(5, cfg.image_size, cfg.image_size, 3)] * 2
 assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(one, two))
 print("same")
 """
 
 
-def test_mirrored_inference_splits_batches_across_devices(model_store) -> None:  # noqa: ANN001
-    # No GPUs here: two logical CPU devices take the same replica code path (5 = 3 + 2 images).
+@pytest.mark.parametrize("preset_name", ["tiny", "paper"])
+def test_mirrored_inference_splits_batches_across_devices(
+    preset_name: str,
+    model_store,  # noqa: ANN001
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """No GPUs here: two logical CPU devices take the same replica code path (5 = 3 + 2
+    images); the paper preset's rows of statistics are split with their tiles."""
+    from helpers import random_version
+
+    store = model_store
+    if preset_name == "paper":
+        store = str(tmp_path / "store")
+        random_version(store, "paper", 32, gen_filters=8, res_blocks=2)
     proc = subprocess.run(
-        [sys.executable, "-c", MIRRORED, model_store], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", MIRRORED, store], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-3000:]
 
@@ -451,21 +467,53 @@ def test_the_size_setting_is_part_of_up_to_date_under_scope_all(
     assert legacy["redone"] == {"another size (from before sizes were recorded)": 4}
 
 
-def test_the_paper_preset_is_refused_in_tiles_before_any_work(tmp_path) -> None:  # noqa: ANN001
-    """InstanceNorm would take each tile's statistics: a paper model at --size native or a long
-    side over the tile is refused, saying what to do; at the tile's size it translates."""
+def test_the_paper_preset_goes_through_in_tiles_with_the_whole_pictures_statistics(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """InstanceNorm in tiles: every tile of a picture takes the statistics of the picture's
+    copy of at most --stats-side px. With the copy at full size and a margin covering the
+    reach (28 px for this 2-block ResNet), the stitched output is the generator on the whole
+    picture; a picture of one tile is the generator on it; a smaller copy changes the output
+    (the statistics do come from the copy)."""
     from helpers import random_version
 
-    store = str(tmp_path / "store")
-    random_version(store, "paper", 32)
-    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _put_faces(inp, 2, size=40)
-    for size in ("native", 96):
-        with pytest.raises(TranslateError, match="cannot go through in tiles"):
-            translate(_cfg(inp, out, store, size=size, tile=64, tile_margin=16))
-    assert not Path(out).exists()  # refused before any work
-    done = translate(_cfg(inp, out, store, size=64, tile=64, tile_margin=16))
-    assert done["counts"]["ok"] == 2
+    store, small_resnet = str(tmp_path / "store"), {"gen_filters": 8, "res_blocks": 2}
+    version = random_version(store, "paper", 32, **small_resnet)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:128, 0:192]
+    big = np.stack([xx, yy, (xx * yy) % 97 * 2], axis=-1) + rng.integers(0, 40, (128, 192, 3))
+    pictures = {
+        "big": big.clip(0, 255).astype(np.uint8),
+        "small": synthetic_faces(1, 40, seed=0)[0],
+    }
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(inp / f"{name}.png")
+    from cyclegan_jobs.config import preset
+    from cyclegan_jobs.networks import build_generator
+
+    net = build_generator(replace(preset("paper", 32)[0], **small_resnet), any_size=True)
+    net.set_weights(
+        registry.load_model(f"{store}/versions/{version}", "generator_BA").get_weights()
+    )
+    for side, out in ((1024, tmp_path / "out"), (32, tmp_path / "out32")):
+        cfg = _cfg(str(inp), str(out), store, size="native", tile=96, tile_margin=32)
+        summary = translate(replace(cfg, stats_side=side, reconstruct=False))
+        assert summary["counts"]["ok"] == 2 and summary["tiles"]["tile"] == 96
+    for name, picture in pictures.items():
+        padded = picture
+        if name == "small":  # one tile: reflect-padded to the tile, as the job does
+            padded = np.pad(picture, ((0, 56), (0, 56), (0, 0)), mode="reflect")
+        whole = net(padded[None].astype(np.float32) / 127.5 - 1.0, training=False).numpy()[0]
+        want = np.clip((whole + 1.0) * 127.5, 0, 255).round()[
+            : picture.shape[0], : picture.shape[1]
+        ]
+        got = np.asarray(Image.open(tmp_path / "out" / "stylized" / f"{name}.png"), int)
+        assert np.abs(got - want).max() <= 1, name
+    big_outputs = [np.asarray(Image.open(tmp_path / out / "stylized" / "big.png"), int)
+                   for out in ("out", "out32")]  # fmt: skip
+    assert np.abs(big_outputs[0] - big_outputs[1]).mean() > 1.0
 
 
 def test_native_and_long_side_sizes_keep_every_kind_of_inputs_aspect(
