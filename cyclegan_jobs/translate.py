@@ -89,7 +89,8 @@ class Run:
     # call (which also compiles: start-up, not throughput).
     whole: list[int] = field(default_factory=lambda: [0, 0])
     first_batch: list[int] | None = None
-    geometry: dict[str, int] = field(default_factory=dict)  # tile, margin, tiles per batch
+    # tile, margin, tiles per batch; stats_side for instance norm
+    geometry: dict[str, int] = field(default_factory=dict)
     precision: str | None = None
     started: float = field(default_factory=time.time)
 
@@ -369,7 +370,10 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
     stitcher = Stitcher(tile, margin, outputs=2 if cfg.reconstruct else 1)
     window = max(cfg.workers, cfg.feed_processes) + 2 * cfg.batch_size
     run.clock.tick()  # starting TensorFlow and worker processes was not a stall
-    norm = PictureStats(cfg.stats_side) if run.model_cfg.per_image_norm else None
+    norm = None
+    if run.model_cfg.per_image_norm:  # instance norm: tiles take their picture's statistics
+        norm = PictureStats(cfg.stats_side)
+        run.geometry["stats_side"] = cfg.stats_side
     feed = Feed(run, items, loaders, window=window, stitcher=stitcher, norm=norm)
     batches = (
         tf.data.Dataset.from_generator(feed, output_signature=_signature(tile))
@@ -553,7 +557,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         "direction": cfg.direction,
         "scope": cfg.scope,
         "size": run.rule.size,
-        "tiles": run.geometry,  # tile, margin (px) and tiles per model call
+        "tiles": run.geometry,  # tile, margin (px), tiles per model call (and stats_side)
         # Inputs translated again because their earlier outputs were not current (scope all).
         "redone": dict(run.index.redone),
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
