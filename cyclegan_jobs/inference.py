@@ -74,8 +74,10 @@ class Generators:
                     self._tiled[name] = norm_stats.tiled_model(net)
                     self._stats[name] = norm_stats.stats_model(net, with_output=True)
         self.image_size = model_cfg.image_size
-        self._run = tf.function(self._chain, reduce_retracing=True)
-        self._stats_run = tf.function(self._stats_chain, reduce_retracing=True)
+        # No AutoGraph: no tensor-dependent Python control flow here to convert (and it cannot
+        # convert the tiled model's lambda: a warning in every run's log).
+        self._run = tf.function(self._chain, reduce_retracing=True, autograph=False)
+        self._stats_run = tf.function(self._stats_chain, reduce_retracing=True, autograph=False)
         log.info("inference: %s precision, %d replica(s)", self.precision, self.replicas)
 
     @classmethod
