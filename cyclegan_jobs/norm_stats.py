@@ -5,7 +5,8 @@ own per-image, per-channel mean and variance (GroupNormalization with one group 
 Run in tiles, each tile would normalize with its own statistics, and neighbouring tiles would
 differ in colour. Here the statistics come from the whole image instead:
 
-- `stats_model(net)` runs the generator on a (downscaled) copy of the whole image and returns,
+- `stats_model(net)` runs the generator on a copy of the whole image (downscaled:
+  `tiles.downscale`; the translate job's `--stats-side`) and returns,
   per image, the mean and variance of the input of every instance-norm layer, as one float32
   vector of `stats_size(net)` values.
 - `tiled_model(net)` is the same generator (the very same layers and weights, shared, not
@@ -33,7 +34,9 @@ fine detail that the variances, of the early layers above all, are made of. Rand
 magnify this (768x1024: 17.3 dB from a 256 px copy, 23.0 dB from 512 px, 13.8 dB with each
 tile's own statistics; tile 256, margin 48: 23.0 dB from 512 px, but 64.1 dB in the seam
 band against whole-image inference with the same statistics, 12.4 dB per tile, 70.8 dB
-exact); trained weights are still to be measured. Two refinements were tried
+exact). A trained paper model (weakly: 12 min at 64 px) on a 12 MP photo, tiles of 1088,
+statistics from a 1024 px copy (the translate job's default): 40.2 dB at margin 48 and at
+margin 96 (README, "Output size and tiles"). Two refinements were tried
 and dropped. Passes over the full-resolution tiles pooling each norm's input moments (each
 tile normalized with the previous pass's statistics) fix one more layer per pass but mix the
 rest: with 9 norms (256x384, tiles of 128, stats from a half-size copy) the interior PSNR went
@@ -177,7 +180,7 @@ def _require_norms(net: keras.Model) -> None:
 def stats_model(net: keras.Model, *, with_output: bool = False) -> keras.Model:
     """A model of `net`'s own layers: images (N, H, W, 3) in [-1, 1] -> stats (N, S) float32
     (see the module's docstring for the layout); with `with_output`, [output, stats]. Run it
-    on a downscaled copy of the whole image (`downscale`) and feed the stats to `tiled_model`."""
+    on a downscaled copy of the whole image (`tiles.downscale`) and feed the stats to `tiled_model`."""
     _require_norms(net)
     moments = [
         InstanceMoments(name=f"{layer.name}_moments")(layer.input) for layer in norm_layers(net)
