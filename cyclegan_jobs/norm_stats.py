@@ -180,7 +180,8 @@ def _require_norms(net: keras.Model) -> None:
 def stats_model(net: keras.Model, *, with_output: bool = False) -> keras.Model:
     """A model of `net`'s own layers: images (N, H, W, 3) in [-1, 1] -> stats (N, S) float32
     (see the module's docstring for the layout); with `with_output`, [output, stats]. Run it
-    on a downscaled copy of the whole image (`tiles.downscale`) and feed the stats to `tiled_model`."""
+    on a downscaled copy of the whole image (`tiles.downscale`); feed the stats to
+    `tiled_model`."""
     _require_norms(net)
     moments = [
         InstanceMoments(name=f"{layer.name}_moments")(layer.input) for layer in norm_layers(net)
