@@ -89,6 +89,7 @@ class Run:
     # call (which also compiles: start-up, not throughput).
     whole: list[int] = field(default_factory=lambda: [0, 0])
     first_batch: list[int] | None = None
+    tiles_done: int = 0  # tiles through the model (fillers not counted): progress on big ones
     # tile, margin, tiles per batch; stats_side for instance norm
     geometry: dict[str, int] = field(default_factory=dict)
     precision: str | None = None
@@ -389,6 +390,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
             outs = _infer(
                 run, generators, batch["tile"].numpy(), _stats_rows(run, generators, norm, refs)
             )
+            run.tiles_done += int((refs[:, 0] >= 0).sum())
             for i, (slot, index) in enumerate(refs):
                 if slot < 0:  # a filler (see Feed._next)
                     continue
@@ -504,11 +506,12 @@ def _progress(run: Run, every_s: float = 5.0) -> None:
     run.timings["logged"] = now
     c = run.manifest.counts
     log.info(
-        "%d translated, %d skipped, %d failed | %.1f images/s",
+        "%d translated, %d skipped, %d failed | %.1f images/s | %d tiles through the model",
         c["ok"],
         c["skipped"],
         c["failed"],
         c["ok"] / max(now - run.started, 1e-9),
+        run.tiles_done,
     )
 
 
@@ -558,6 +561,7 @@ def _summary(run: Run, error: str | None) -> dict[str, Any]:
         "scope": cfg.scope,
         "size": run.rule.size,
         "tiles": run.geometry,  # tile, margin (px), tiles per model call (and stats_side)
+        "tiles_done": run.tiles_done,  # tiles through the model, fillers not counted
         # Inputs translated again because their earlier outputs were not current (scope all).
         "redone": dict(run.index.redone),
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",

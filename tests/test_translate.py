@@ -23,6 +23,7 @@ from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import ConfigError, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
+from cyclegan_jobs.tiles import Grid
 from cyclegan_jobs.train import train
 from cyclegan_jobs.translate import TranslateError, shard_of, translate, unsafe_reason
 
@@ -502,6 +503,7 @@ def test_the_paper_preset_goes_through_in_tiles_with_the_whole_pictures_statisti
         summary = translate(replace(cfg, stats_side=side, reconstruct=False))
         assert summary["counts"]["ok"] == 2
         assert summary["tiles"] == {"tile": 96, "margin": 32, "batch": 1, "stats_side": side}
+        assert summary["tiles_done"] == len(Grid(128, 192, 96, 32)) + 1 == 9
     for name, picture in pictures.items():
         padded = picture
         if name == "small":  # one tile: reflect-padded to the tile, as the job does
