@@ -2,12 +2,15 @@
 
     python benchmarks/seams.py [--presets tiny,seed] [--height 768 --width 1024] [--tile 256]
                                [--margins 0,16,32,48,64,96] [--model VERSION_URI] [--reconstruct]
+                               [--stats-side 1024]
 
 For each preset: generator_BA (random weights with a fixed seed, or a stored version's: random
 weights are a poor proxy for seams), a synthetic photo of height x width, whole-image inference
 in float32 and the same image in tiles of `tile` with each margin, as the translate job cuts
 and pastes them. With --reconstruct also the chain back through generator_AB, tile by tile, as
-the job makes reconstructions. Prints PSNR (dB) of the stitched outputs against the whole ones
+the job makes reconstructions. The tiles go through inference.Generators as the job's do; an
+instance-norm generator (the paper preset) takes the statistics of the picture's copy at
+--stats-side, as the job does. Prints PSNR (dB) of the stitched outputs against the whole ones
 inside a border of 32 px (the image's own edge is padded differently by the two), the same
 within 8 px of the cuts (where seams would be), and the tiles' area over the image's.
 """

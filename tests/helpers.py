@@ -172,17 +172,16 @@ def random_version(store: str, preset_name: str = "tiny", size: int = 32, **chan
     """Promote a version of freshly initialised generators (for tests where only shapes and
     speed matter, not what the model learned), the preset's model config with `changes`
     (gen_filters=8, ...); returns the version id."""
-    import dataclasses
     import json
     import tempfile
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
     from pathlib import Path
 
     from cyclegan_jobs import registry
     from cyclegan_jobs.config import preset
     from cyclegan_jobs.networks import build_generator
 
-    model_cfg = dataclasses.replace(preset(preset_name, size)[0], **changes)
+    model_cfg = replace(preset(preset_name, size)[0], **changes)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("generator_AB", "generator_BA"):
             build_generator(model_cfg, name=name).save(Path(tmp) / f"{name}.keras")

@@ -21,7 +21,8 @@ from PIL import Image
 
 from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
-from cyclegan_jobs.config import ConfigError, TranslateConfig
+from cyclegan_jobs.config import ConfigError, TranslateConfig, preset
+from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
 from cyclegan_jobs.tiles import Grid
 from cyclegan_jobs.train import train
@@ -491,9 +492,6 @@ def test_the_paper_preset_goes_through_in_tiles_with_the_whole_pictures_statisti
     }
     for name, picture in pictures.items():
         Image.fromarray(picture).save(inp / f"{name}.png")
-    from cyclegan_jobs.config import preset
-    from cyclegan_jobs.networks import build_generator
-
     net = build_generator(replace(preset("paper", 32)[0], **small_resnet), any_size=True)
     net.set_weights(
         registry.load_model(f"{store}/versions/{version}", "generator_BA").get_weights()
