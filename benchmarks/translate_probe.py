@@ -213,9 +213,9 @@ def record_infer_calls(calls: list[tuple[float, float, int]]) -> None:
 
     infer = job._infer
 
-    def timed_infer(run, generators, batch):  # noqa: ANN001, ANN202
+    def timed_infer(run, generators, batch, *rest):  # noqa: ANN001, ANN002, ANN202
         t0 = time.perf_counter()
-        outs = infer(run, generators, batch)
+        outs = infer(run, generators, batch, *rest)
         calls.append((t0, time.perf_counter(), len(batch)))
         return outs
 

@@ -387,9 +387,7 @@ def _run_pipeline(run: Run, items: Iterator[Item], triage: Triage) -> None:
             if generators is None:  # only when there is work: a no-op rerun loads nothing
                 generators = _load_generators(run, tile)
             refs = batch["ref"].numpy()
-            outs = _infer(
-                run, generators, batch["tile"].numpy(), _stats_rows(run, generators, norm, refs)
-            )
+            outs = _infer(run, generators, batch["tile"].numpy(), refs, norm)
             run.tiles_done += int((refs[:, 0] >= 0).sum())
             for i, (slot, index) in enumerate(refs):
                 if slot < 0:  # a filler (see Feed._next)
@@ -468,27 +466,20 @@ def _nets(cfg: TranslateConfig) -> tuple[str, ...]:
     return names if cfg.reconstruct else names[:1]
 
 
-def _stats_rows(
-    run: Run, generators: Any, norm: PictureStats | None, refs: np.ndarray
-) -> Callable[[], np.ndarray | None]:
-    """The batch's rows of instance-norm statistics, computed when called (model time)."""
-    if norm is None:
-        return lambda: None
-    cfg = run.cfg
-    stats_of = partial(generators.stats, direction=cfg.direction, reconstruct=cfg.reconstruct)
-    own = generators.own_stats(cfg.direction, cfg.reconstruct)
-    return lambda: norm.rows([int(slot) for slot, _ in refs], stats_of, own)
-
-
 def _infer(
-    run: Run, generators: Any, batch: np.ndarray, stats: Callable[[], np.ndarray | None]
+    run: Run, generators: Any, batch: np.ndarray, refs: np.ndarray, norm: PictureStats | None
 ) -> list[np.ndarray]:
-    """The batch's outputs; `stats` gives the rows of an instance-norm generator's statistics
-    (computed in here, in the model's time)."""
+    """The batch's outputs. With instance norm (`norm`), the tiles' rows of statistics are
+    computed in here first, in the model's time."""
     t = time.time()
     cfg = run.cfg
+    stats = None
+    if norm is not None:
+        stats_of = partial(generators.stats, direction=cfg.direction, reconstruct=cfg.reconstruct)
+        own = generators.own_stats(cfg.direction, cfg.reconstruct)
+        stats = norm.rows(refs[:, 0].tolist(), stats_of, own)
     stylized, reconstructed = generators.translate(
-        batch, cfg.direction, cfg.reconstruct, stats=stats()
+        batch, cfg.direction, cfg.reconstruct, stats=stats
     )
     if "first_batch_at" in run.timings:
         run.timings["model_s"] += time.time() - t
