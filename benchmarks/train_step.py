@@ -33,92 +33,98 @@ from keras.optimizers import Adam  # noqa: E402
 from cyclegan_jobs.config import preset  # noqa: E402
 from cyclegan_jobs.model import CycleGAN, make_optimizer, resolve_precision  # noqa: E402
 
+# The seed notebook's code, kept as close to it as Keras 3 allows (shared residual blocks
+# too), in its own pieces: downsample, upsample, ResnetIdentityBlock, generator,
+# discriminator, train_batch.
 
-def seed_step(size: int):
-    """The notebook's code, kept as close to it as Keras 3 allows (shared residual blocks too)."""
 
-    def downsample(filters, size=3, apply_batchnorm=True):
-        init = tf.random_normal_initializer(0.0, 0.02)
-        result = Sequential()
-        result.add(
-            Conv2D(
-                filters,
-                size,
-                strides=2,
-                padding="same",
-                activation=LeakyReLU(),
-                kernel_initializer=init,
-                use_bias=False,
-            )
+def downsample(filters, size=3, apply_batchnorm=True):
+    init = tf.random_normal_initializer(0.0, 0.02)
+    result = Sequential()
+    result.add(
+        Conv2D(
+            filters,
+            size,
+            strides=2,
+            padding="same",
+            activation=LeakyReLU(),
+            kernel_initializer=init,
+            use_bias=False,
         )
-        if apply_batchnorm:
-            result.add(BatchNormalization())
-        return result
-
-    def upsample(filters, size=3):
-        init = tf.random_normal_initializer(0.0, 0.02)
-        result = Sequential()
-        result.add(
-            Conv2DTranspose(
-                filters,
-                size,
-                strides=2,
-                padding="same",
-                activation="relu",
-                kernel_initializer=init,
-                use_bias=False,
-            )
-        )
+    )
+    if apply_batchnorm:
         result.add(BatchNormalization())
-        return result
+    return result
 
-    class ResnetIdentityBlock(Model):
-        def __init__(self, kernel_size, filters):
-            super().__init__()
-            f1, f2, f3 = filters
-            self.conv2a, self.bn2a = Conv2D(f1, (1, 1)), BatchNormalization()
-            self.conv2b, self.bn2b = Conv2D(f2, kernel_size, padding="same"), BatchNormalization()
-            self.conv2c, self.bn2c = Conv2D(f3, (1, 1)), BatchNormalization()
 
-        def call(self, x_in, training=False):
-            x = tf.nn.relu(self.bn2a(self.conv2a(x_in), training=training))
-            x = tf.nn.relu(self.bn2b(self.conv2b(x), training=training))
-            x = self.bn2c(self.conv2c(x), training=training)
-            return tf.nn.relu(x + x_in)
+def upsample(filters, size=3):
+    init = tf.random_normal_initializer(0.0, 0.02)
+    result = Sequential()
+    result.add(
+        Conv2DTranspose(
+            filters,
+            size,
+            strides=2,
+            padding="same",
+            activation="relu",
+            kernel_initializer=init,
+            use_bias=False,
+        )
+    )
+    result.add(BatchNormalization())
+    return result
 
-    resnet = [ResnetIdentityBlock(3, [512, 512, 512]) for _ in range(3)]
 
-    def generator():
-        down = [
-            downsample(64, 4, False),
-            downsample(128, 4),
-            downsample(256, 4),
-            downsample(512, 4),
-        ]
-        up = [upsample(256, 4), upsample(128, 4), upsample(64, 4)]
-        last = Conv2DTranspose(
-            3, 4, strides=2, padding="same", activation="tanh",
-            kernel_initializer=tf.random_normal_initializer(0.0, 0.02),
-        )  # fmt: skip
-        inputs = Input(shape=[size, size, 3])
-        x, skips = inputs, []
-        for d in down:
-            x = d(x)
-            skips.append(x)
-        for block in resnet:
-            x = block(x)
-        for u, skip in zip(up, reversed(skips[:-1]), strict=True):
-            x = Concatenate()([u(x), skip])
-        return Model(inputs=inputs, outputs=last(x))
+class ResnetIdentityBlock(Model):
+    def __init__(self, kernel_size, filters):
+        super().__init__()
+        f1, f2, f3 = filters
+        self.conv2a, self.bn2a = Conv2D(f1, (1, 1)), BatchNormalization()
+        self.conv2b, self.bn2b = Conv2D(f2, kernel_size, padding="same"), BatchNormalization()
+        self.conv2c, self.bn2c = Conv2D(f3, (1, 1)), BatchNormalization()
 
-    def discriminator():
-        inputs = Input(shape=[None, None, 3])
-        x = inputs
-        for f in (64, 128, 256, 512):
-            x = downsample(f)(x)
-        return Model(inputs=inputs, outputs=Conv2D(1, 4, strides=1, padding="same")(x))
+    def call(self, x_in, training=False):
+        x = tf.nn.relu(self.bn2a(self.conv2a(x_in), training=training))
+        x = tf.nn.relu(self.bn2b(self.conv2b(x), training=training))
+        x = self.bn2c(self.conv2c(x), training=training)
+        return tf.nn.relu(x + x_in)
 
-    d_a, d_b, g_ab, g_ba = discriminator(), discriminator(), generator(), generator()
+
+def generator(size: int, resnet: list):
+    down = [
+        downsample(64, 4, False),
+        downsample(128, 4),
+        downsample(256, 4),
+        downsample(512, 4),
+    ]
+    up = [upsample(256, 4), upsample(128, 4), upsample(64, 4)]
+    last = Conv2DTranspose(
+        3, 4, strides=2, padding="same", activation="tanh",
+        kernel_initializer=tf.random_normal_initializer(0.0, 0.02),
+    )  # fmt: skip
+    inputs = Input(shape=[size, size, 3])
+    x, skips = inputs, []
+    for d in down:
+        x = d(x)
+        skips.append(x)
+    for block in resnet:
+        x = block(x)
+    for u, skip in zip(up, reversed(skips[:-1]), strict=True):
+        x = Concatenate()([u(x), skip])
+    return Model(inputs=inputs, outputs=last(x))
+
+
+def discriminator():
+    inputs = Input(shape=[None, None, 3])
+    x = inputs
+    for f in (64, 128, 256, 512):
+        x = downsample(f)(x)
+    return Model(inputs=inputs, outputs=Conv2D(1, 4, strides=1, padding="same")(x))
+
+
+def seed_train_batch(size: int, nets: tuple) -> object:
+    """The notebook's @tf.function train_batch over its four networks and losses."""
+    d_a, d_b, g_ab, g_ba = nets
     loss_object = BinaryCrossentropy(from_logits=True)
     optimizer, d_optimizer = Adam(1e-4, beta_1=0.5), Adam(1e-4, beta_1=0.5)
     grid = size // 16
@@ -161,6 +167,15 @@ def seed_step(size: int):
         optimizer.apply_gradients(zip(g.gradient(gen_loss, g_vars), g_vars, strict=True))
         return da_loss, db_loss, gen_loss
 
+    return train_batch
+
+
+def seed_step(size: int):
+    """The notebook's step: its networks (one set of residual blocks shared by both
+    generators, as there) and its train_batch."""
+    resnet = [ResnetIdentityBlock(3, [512, 512, 512]) for _ in range(3)]
+    nets = discriminator(), discriminator(), generator(size, resnet), generator(size, resnet)
+    train_batch = seed_train_batch(size, nets)
     return lambda a, b: train_batch(a, b)
 
 

@@ -220,6 +220,114 @@ def _summary_block(result: dict, uri: str) -> str:
     return "\n".join(lines)
 
 
+# The tasks, wired in cyclegan_retrain below.
+
+
+@task(**IO_RETRIES)
+def detect_new_data(params: dict | None = None) -> dict:
+    """How many domain-B images are new since the promoted version was trained."""
+    from cyclegan_jobs.datasets import new_data
+
+    use_connection(SETTINGS.aws_conn_id)
+    return new_data(params["domain_b"], params["model_store"])
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def enough_new_data(found: dict, params: dict | None = None) -> bool:
+    enough = found["new"] >= params["min_new_images"]
+    log.info(
+        "%d of %d images new since %s; minimum %d, force %s",
+        found["new"], found["total"], found["promoted"] or "(no promoted version)",
+        params["min_new_images"], params["force"],
+    )  # fmt: skip
+    return enough or params["force"]
+
+
+@task
+def train_command(params: dict | None = None, run_id: str | None = None) -> list[str]:
+    return cli_args(
+        "train",
+        domain_a=params["domain_a"],
+        domain_b=params["domain_b"],
+        model_store=params["model_store"],
+        preset=params["preset"],
+        image_size=params["image_size"],
+        epochs=params["epochs"],
+        steps_per_epoch=params["steps_per_epoch"],
+        batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+        precision=params["precision"],
+        select_every=params["select_every"],
+        # The same run id on a retry: training resumes from the mirrored checkpoint.
+        run_id=f"retrain-{safe_run_id(run_id)}",
+    )
+
+
+@task
+def evaluate_command(trained: dict, params: dict | None = None) -> list[str]:
+    return cli_args(
+        "evaluate",
+        model=trained["version_uri"],
+        domain_a=params["domain_a"],
+        domain_b=params["domain_b"],
+        write=True,
+    )
+
+
+@task
+def gate_command(evaluation: dict, trained: dict, params: dict | None = None) -> list[str]:
+    return cli_args(
+        "gate",
+        candidate=trained["version_uri"],
+        model_store=params["model_store"],
+        domain_a=params["domain_a"],
+        domain_b=params["domain_b"],
+        min_cycle_psnr=params["min_cycle_psnr"],
+        exit_zero=True,  # a refusal is a decision, not a failure; `promote` acts on it
+    )
+
+
+@task(outlets=[MODEL_ASSET], **IO_RETRIES)
+def promote(decision: dict, params: dict | None = None) -> dict:
+    """Promote the candidate when the gate passed; otherwise skip (no Asset event)."""
+    from cyclegan_jobs import registry
+
+    if not decision["passed"]:
+        raise AirflowSkipException(f"gate refused: {'; '.join(decision['reasons'])}")
+    if params["promote"] == "never":
+        raise AirflowSkipException("passed the gate; not promoted (promote=never)")
+    use_connection(SETTINGS.aws_conn_id)
+    return registry.promote(
+        params["model_store"], decision["candidate"], reason="passed the quality gate"
+    )
+
+
+@task(trigger_rule="none_failed", **IO_RETRIES)
+def summary(
+    found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
+    params: dict | None = None, run_id: str | None = None,
+) -> dict:  # fmt: skip
+    """What this run did and why: logged as one block, stored beside the checkpoints."""
+    from cyclegan_jobs import storage
+
+    outcome = _outcome(found, trained, decision, promoted, params)
+    uri = storage.join(params["model_store"], "runs", safe_run_id(run_id), "retrain.json")
+    result = {
+        "run_id": run_id,
+        "outcome": outcome,
+        "new_data": found,
+        "version": trained and trained["version"],
+        "steps": trained and trained["steps"],
+        "selected": trained and trained.get("selected"),
+        "gate": decision,
+        "promoted": promoted,
+    }
+    use_connection(SETTINGS.aws_conn_id)
+    storage.write_json(uri, result)
+    log.info("%s", _summary_block(result, uri))
+    return {"outcome": outcome, "summary": uri}
+
+
 @dag(
     dag_id="cyclegan_retrain",
     schedule=schedule_for(SETTINGS.retrain_schedule),
@@ -229,106 +337,6 @@ def _summary_block(result: dict, uri: str) -> str:
     params=PARAMS,
 )
 def cyclegan_retrain():
-    conn_id = SETTINGS.aws_conn_id
-
-    @task(**IO_RETRIES)
-    def detect_new_data(params: dict | None = None) -> dict:
-        """How many domain-B images are new since the promoted version was trained."""
-        from cyclegan_jobs.datasets import new_data
-
-        use_connection(conn_id)
-        return new_data(params["domain_b"], params["model_store"])
-
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def enough_new_data(found: dict, params: dict | None = None) -> bool:
-        enough = found["new"] >= params["min_new_images"]
-        log.info(
-            "%d of %d images new since %s; minimum %d, force %s",
-            found["new"], found["total"], found["promoted"] or "(no promoted version)",
-            params["min_new_images"], params["force"],
-        )  # fmt: skip
-        return enough or params["force"]
-
-    @task
-    def train_command(params: dict | None = None, run_id: str | None = None) -> list[str]:
-        return cli_args(
-            "train",
-            domain_a=params["domain_a"],
-            domain_b=params["domain_b"],
-            model_store=params["model_store"],
-            preset=params["preset"],
-            image_size=params["image_size"],
-            epochs=params["epochs"],
-            steps_per_epoch=params["steps_per_epoch"],
-            batch_size=params["batch_size"],
-            learning_rate=params["learning_rate"],
-            precision=params["precision"],
-            select_every=params["select_every"],
-            # The same run id on a retry: training resumes from the mirrored checkpoint.
-            run_id=f"retrain-{safe_run_id(run_id)}",
-        )
-
-    @task
-    def evaluate_command(trained: dict, params: dict | None = None) -> list[str]:
-        return cli_args(
-            "evaluate",
-            model=trained["version_uri"],
-            domain_a=params["domain_a"],
-            domain_b=params["domain_b"],
-            write=True,
-        )
-
-    @task
-    def gate_command(evaluation: dict, trained: dict, params: dict | None = None) -> list[str]:
-        return cli_args(
-            "gate",
-            candidate=trained["version_uri"],
-            model_store=params["model_store"],
-            domain_a=params["domain_a"],
-            domain_b=params["domain_b"],
-            min_cycle_psnr=params["min_cycle_psnr"],
-            exit_zero=True,  # a refusal is a decision, not a failure; `promote` acts on it
-        )
-
-    @task(outlets=[MODEL_ASSET], **IO_RETRIES)
-    def promote(decision: dict, params: dict | None = None) -> dict:
-        """Promote the candidate when the gate passed; otherwise skip (no Asset event)."""
-        from cyclegan_jobs import registry
-
-        if not decision["passed"]:
-            raise AirflowSkipException(f"gate refused: {'; '.join(decision['reasons'])}")
-        if params["promote"] == "never":
-            raise AirflowSkipException("passed the gate; not promoted (promote=never)")
-        use_connection(conn_id)
-        return registry.promote(
-            params["model_store"], decision["candidate"], reason="passed the quality gate"
-        )
-
-    @task(trigger_rule="none_failed", **IO_RETRIES)
-    def summary(
-        found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
-        params: dict | None = None, run_id: str | None = None,
-    ) -> dict:  # fmt: skip
-        """What this run did and why: logged as one block, stored beside the checkpoints."""
-        from cyclegan_jobs import storage
-
-        outcome = _outcome(found, trained, decision, promoted, params)
-        uri = storage.join(params["model_store"], "runs", safe_run_id(run_id), "retrain.json")
-        result = {
-            "run_id": run_id,
-            "outcome": outcome,
-            "new_data": found,
-            "version": trained and trained["version"],
-            "steps": trained and trained["steps"],
-            "selected": trained and trained.get("selected"),
-            "gate": decision,
-            "promoted": promoted,
-        }
-        use_connection(conn_id)
-        storage.write_json(uri, result)
-        log.info("%s", _summary_block(result, uri))
-        return {"outcome": outcome, "summary": uri}
-
     found = detect_new_data()
     command = train_command()
     enough_new_data(found) >> command
