@@ -10,13 +10,16 @@ step, so the report shows the last step's weights, the selected ones and the bes
 Any style function (uint8 HxWx3 batches in and out) plugs in.
 
 One run:    .venv/bin/python benchmarks/quality.py [--style MODULE_OR_FILE.py:FUNCTION]
-            [--minutes 10] [--image-size 64] [--preset tiny] [--upsample resize] [--out DIR]
-The matrix: .venv/bin/python benchmarks/quality.py --matrix [--parallel 2] [--threads 1]
-            (the three styles x each --variants entry, side by side; a table, then JSON)
+            [--minutes 10 | --epochs N] [--image-size 64] [--preset tiny] [--out DIR]
+            [--variant NAME=key:value,...]
+The matrix: .venv/bin/python benchmarks/quality.py --matrix [--ablations] [--parallel 2]
+            [--threads 1] (the three styles x each --variants entry, as separate processes; a
+            table, then JSON)
 Goal (issue 4): >= 25 dB and >= +10 dB over the do-nothing baseline within 10 minutes at 64x64.
 
-Training settings (on top of the preset; each has a flag): batch 8, learning rate 3e-3, the
-paper's identity weight 5 and a linear LR decay over the second half of the time budget.
+It trains the preset exactly as users get it (its model, loss and batch size: the CLI's and
+the retrain form's defaults); `--variant` changes named fields of those, and `--ablations`
+runs the defaults beside each of their changes undone (ABLATIONS).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +40,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from cyclegan_jobs import hooks, images, metrics  # noqa: E402
-from cyclegan_jobs.config import TrainConfig, preset  # noqa: E402
+from cyclegan_jobs.config import PRESET_BATCH_SIZE, TrainConfig, preset  # noqa: E402
 from cyclegan_jobs.evaluate import evaluate, load_style  # noqa: E402
 from cyclegan_jobs.sample_data import synthetic_faces, write_npy  # noqa: E402
 
 BUILTIN = "cyclegan_jobs.sample_data:paint"
 STYLES = (BUILTIN, "benchmarks/styles.py:colour_remap", "benchmarks/styles.py:blur_posterize")
 GOAL_DB, GOAL_GAIN_DB = 25.0, 10.0
-# A variant: model options on top of the preset ("name=key:value,key:value").
-VARIANTS = ("transpose=upsample:transpose", "resize=upsample:resize")
+# A variant: options on top of the preset ("name=key:value,key:value"; see _settings).
+VARIANTS = ("defaults=",)
+# The tiny preset's defaults, then each of issue 21's changes undone alone, then all of them
+# (the defaults before it).
+ABLATIONS = (
+    "defaults=",
+    "no_colour_match=colour_match_weight:0",
+    "no_colour_fit=colour_fit_weight:0",
+    "no_residual=residual:false",
+    "transpose=upsample:transpose",
+    "identity_5=identity_weight:5",
+    "before=upsample:transpose,residual:false,batch_size:1,learning_rate:0.001,"
+    "identity_weight:0.1,linear_decay:false,colour_fit_weight:0,colour_match_weight:0",
+)
 
 
 class TruthProbe(hooks.Hook):
@@ -60,14 +76,8 @@ class TruthProbe(hooks.Hook):
         if row.get("kind") != "selection" or row["step"] != t.step:
             return
         fake = images.to_uint8(t.selection.gens.apply("generator_BA", self.faces))
-        self.curve.append(
-            {
-                "step": t.step,
-                "swd_mean": row["swd_mean"],
-                "cycle_psnr": row["cycle_psnr"],
-                "psnr_true": metrics.psnr(fake, self.truth),
-            }
-        )
+        scores = {k: v for k, v in row.items() if k not in ("kind", "best_step")}
+        self.curve.append({**scores, "psnr_true": metrics.psnr(fake, self.truth)})
 
 
 def _domains(
@@ -93,30 +103,22 @@ def run_benchmark(
     n: int = 256,
     held_out: int = 64,
     out: str | Path = "var/quality",
-    batch_size: int = 8,
-    learning_rate: float | None = 3e-3,
-    identity_weight: float | None = 5.0,
-    decay: bool = True,
+    options: dict[str, Any] | None = None,
     epochs: int | None = None,
     log_every: int = 200,
     select_every: int = 100,
-    model_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train on unpaired (faces, style(faces)) for `minutes` (or `epochs` of n // batch_size
-    steps, if that ends first); report PSNR against the truth."""
+    """Train the preset as users get it, changed by `options` (ModelConfig and LossConfig
+    fields, or batch_size), on unpaired (faces, style(faces)) for `minutes` (or, if given,
+    `epochs` of n // batch size steps); report PSNR against the truth."""
     from cyclegan_jobs.train import Trainer
 
     style = load_style(style_spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size = image_size
-    uris, held_b = _domains(style, out, n, held_out, size)
+    uris, held_b = _domains(style, out, n, held_out, image_size)
     truth = np.asarray(style(held_b), np.uint8)
-    model_cfg, loss_cfg = preset(preset_name, size)
-    model_cfg = replace(model_cfg, **(model_options or {}))
-    overrides = {"identity_weight": identity_weight, "learning_rate": learning_rate}
-    loss_cfg = replace(loss_cfg, **{k: v for k, v in overrides.items() if v is not None})
-    loss_cfg = replace(loss_cfg, linear_decay=decay)
+    model_cfg, loss_cfg, batch_size = _settings(preset_name, image_size, options or {})
     cfg = TrainConfig(
         domain_a=uris["a"],
         domain_b=uris["b"],
@@ -125,15 +127,19 @@ def run_benchmark(
         loss=loss_cfg,
         batch_size=batch_size,
         holdout=hooks.SELECT_IMAGES / (n + hooks.SELECT_IMAGES),
-        epochs=epochs or 100_000,  # by default the time budget ends training
-        max_minutes=minutes,
+        # By default the time budget ends training (and drives the LR decay); with `epochs`,
+        # the steps do, as in `make run`'s retrain.
+        epochs=epochs or 100_000,
+        max_minutes=None if epochs else minutes,
         log_every=log_every,
         checkpoint_every=100_000,
         sample_every=100_000,
         select_every=select_every,
     )
     probe = TruthProbe(held_b, truth)
+    started = time.monotonic()
     summary = Trainer(cfg, extra_hooks=(probe,)).run()
+    summary["train_seconds"] = round(time.monotonic() - started, 1)
     return _report(style_spec, cfg, summary, probe, uris, held_b, truth, out)
 
 
@@ -160,6 +166,7 @@ def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[s
         "image_size": cfg.model.image_size,
         "minutes": cfg.max_minutes,
         "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
         "selected_step": (summary["selected"] or {}).get("step"),
         "psnr_model": round(model_psnr, 2),
         "psnr_last": round(curve[-1]["psnr_true"], 2) if curve else None,
@@ -178,12 +185,41 @@ def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[s
     return report
 
 
+def _settings(name: str, size: int, options: dict[str, Any]) -> tuple[Any, Any, int]:
+    """The preset's model, loss and batch size (what users train), each option applied to the
+    config that has a field of its name."""
+    model_cfg, loss_cfg = preset(name, size)
+    fields = {
+        "model": {f.name for f in fields_of(model_cfg)},
+        "loss": {f.name for f in fields_of(loss_cfg)},
+    }
+    unknown = set(options) - fields["model"] - fields["loss"] - {"batch_size"}
+    if unknown:
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}: ModelConfig, LossConfig fields")
+    model_cfg = replace(model_cfg, **{k: v for k, v in options.items() if k in fields["model"]})
+    loss_cfg = replace(loss_cfg, **{k: v for k, v in options.items() if k in fields["loss"]})
+    return model_cfg, loss_cfg, options.get("batch_size", PRESET_BATCH_SIZE[name])
+
+
+def _value(text: str) -> Any:
+    """An option's value as written: true/false, a number, else the text."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """NAME=key:value,key:value -> (NAME, {key: value})."""
     name, _, spec = text.partition("=")
     options: dict[str, Any] = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition(":")
-        options[key] = {"true": True, "false": False}.get(value, value)
+        options[key] = _value(value)
     return name, options
 
 
@@ -198,6 +234,7 @@ def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
             argv = [sys.executable, __file__, "--style", style, "--variant", variant]
             argv += ["--minutes", str(args.minutes), "--out", str(out)]
             argv += ["--threads", str(args.threads)] if args.threads else []
+            argv += ["--epochs", str(args.epochs)] if args.epochs else []
             jobs.append((tag, out, argv))
     running, reports = [], []
     while jobs or running:
@@ -234,27 +271,32 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--style", default=BUILTIN)
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--epochs", type=int, default=None, help="stop after N // batch steps x this")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--n", type=int, default=256, help="training images per domain")
     p.add_argument("--held-out", type=int, default=64)
     p.add_argument("--out", default="var/quality")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--identity-weight", type=float, default=5.0, help="None: the preset's")
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--no-decay", action="store_true", help="constant learning rate")
     p.add_argument("--select-every", type=int, default=100, help="0: export the last weights")
-    p.add_argument("--variant", default="preset=", help="NAME=key:value,... model options")
+    p.add_argument(
+        "--variant",
+        default="preset=",
+        help="NAME=key:value,...: ModelConfig or LossConfig fields, or batch_size, changed\n"
+        "from the preset's defaults (e.g. old=upsample:transpose,learning_rate:1e-3)",
+    )
     p.add_argument("--threads", type=int, default=0, help="TF threads per process (0: all)")
     p.add_argument("--matrix", action="store_true", help="all --styles x --variants")
     p.add_argument("--styles", nargs="+", default=list(STYLES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--ablations", action="store_true", help="--variants ABLATIONS")
     p.add_argument("--parallel", type=int, default=1, help="matrix runs at a time")
     return p
 
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.ablations:
+        args.variants = list(ABLATIONS)
     if args.matrix:
         reports = run_matrix(args)
         print_table(reports)
@@ -273,12 +315,9 @@ def main() -> None:
         n=args.n,
         held_out=args.held_out,
         out=args.out,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        identity_weight=args.identity_weight,
-        decay=not args.no_decay,
+        options=_parse_variant(args.variant)[1],
         select_every=args.select_every,
-        model_options=_parse_variant(args.variant)[1],
+        epochs=args.epochs,
     )
     print(
         f"\nstyle {report['style']}: {report['steps']} steps in {report['minutes']} min at "

@@ -106,7 +106,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     t.add_argument("--epochs", type=_positive, default=1)
     t.add_argument("--steps-per-epoch", type=_positive, default=None)
-    t.add_argument("--batch-size", type=_positive, default=1)
+    t.add_argument("--batch-size", type=_positive, default=None, help="default: the preset's")
     t.add_argument("--learning-rate", type=float, default=None, help="default: the preset's")
     t.add_argument("--precision", default="auto", choices=PRECISIONS)
     t.add_argument("--run-id", default=None, help="reuse to resume an interrupted run")
@@ -349,7 +349,7 @@ def _new_data(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     import dataclasses
 
-    from .config import PRESET_SELECT_EVERY, TrainConfig, preset
+    from .config import PRESET_BATCH_SIZE, PRESET_SELECT_EVERY, TrainConfig, preset
     from .train import train
 
     # Flags left out (None) mean the preset's choice.
@@ -361,7 +361,15 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     select_every = args.select_every
     if select_every is None:
         select_every = PRESET_SELECT_EVERY[args.preset]
-    cfg = _config(TrainConfig, args, model=model_cfg, loss=loss_cfg, select_every=select_every)
+    batch_size = args.batch_size or PRESET_BATCH_SIZE[args.preset]
+    cfg = _config(
+        TrainConfig,
+        args,
+        model=model_cfg,
+        loss=loss_cfg,
+        select_every=select_every,
+        batch_size=batch_size,
+    )
     return train(cfg)
 
 

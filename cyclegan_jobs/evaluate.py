@@ -142,7 +142,59 @@ def selection_metrics(gens: Any, a: np.ndarray, b: np.ndarray) -> dict[str, floa
     fake_a, fake_b, rec_a, rec_b = _cycles(gens, a, b)
     cycle = {"a": {"psnr": metrics.psnr(a, rec_a)}, "b": {"psnr": metrics.psnr(b, rec_b)}}
     swd = {"a2b": _swd(fake_b, b), "b2a": _swd(fake_a, a)}
-    return _summary_scores(cycle, swd)
+    # Signals that see colour: the colour-histogram distance of the translations to the real
+    # targets, and the identity PSNR (a target-domain image through its own generator).
+    same_a = _to_uint8(gens.apply("generator_BA", a, BATCH))
+    same_b = _to_uint8(gens.apply("generator_AB", b, BATCH))
+    return {
+        **_summary_scores(cycle, swd),
+        "color_mean": _mean(_color(fake_b, b), _color(fake_a, a)),
+        "identity_psnr": _mean(metrics.psnr(a, same_a), metrics.psnr(b, same_b)),
+    }
+
+
+def score_outputs(input_uri: str, output_uri: str, style_spec: str) -> dict[str, Any]:
+    """A translation job's outputs against a known mapping (the local default's data: domain A
+    is `sample_data.paint` of faces). Each input x should come out as style(x): PSNR of the
+    stylized outputs against it, the do-nothing PSNR (x against style(x)) and the gain, the
+    cycle PSNR (reconstructed against x) and the stylized outputs' checkerboard_db. Inputs
+    without both outputs at their own size are counted as `unscored`, not skipped silently."""
+    from .images import decode_image
+    from .stages import output_rel
+
+    style = load_style(style_spec)
+    inputs, stylized, rebuilt, unscored = [], [], [], []
+    for info in storage.list_objects(input_uri):
+        x = decode_image(storage.read_bytes(info.uri))
+        outs = [
+            storage.join(output_uri, root, output_rel(info.rel, "png"))
+            for root in ("stylized", "reconstructed")
+        ]
+        try:
+            y, z = (decode_image(storage.read_bytes(uri)) for uri in outs)
+        except (storage.StorageError, ValueError) as err:
+            unscored.append(f"{info.rel}: {err}")
+            continue
+        if y.shape != x.shape or z.shape != x.shape:
+            unscored.append(f"{info.rel}: outputs {y.shape}, {z.shape} for input {x.shape}")
+            continue
+        for kept, image in ((inputs, x), (stylized, y), (rebuilt, z)):
+            kept.append(image)
+    if not inputs:
+        raise ValueError(f"no input under {input_uri} has outputs under {output_uri}")
+    x, y, z = (np.stack(v) for v in (inputs, stylized, rebuilt))
+    truth = np.asarray(style(x), np.uint8)
+    psnr, nothing = metrics.psnr(y, truth), metrics.psnr(x, truth)
+    return {
+        "style": style_spec,
+        "scored": len(x),
+        "unscored": unscored,
+        "psnr_true": psnr,
+        "psnr_do_nothing": nothing,
+        "gain_db": psnr - nothing,
+        "cycle_psnr": metrics.psnr(z, x),
+        "checkerboard_db": metrics.checkerboard_db(y),
+    }
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:

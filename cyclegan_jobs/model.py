@@ -179,6 +179,8 @@ class CycleGAN(keras.Model):
                 "adv_loss",
                 "cycle_loss",
                 "identity_loss",
+                *(["colour_fit_loss"] if loss_cfg.colour_fit_weight else []),
+                *(["colour_match_loss"] if loss_cfg.colour_match_weight else []),
             )
         }
 
@@ -234,6 +236,7 @@ class CycleGAN(keras.Model):
                 real=(real_a, real_b),
                 reconstructed=(rec_a, rec_b),
                 identity=(id_a, id_b),
+                translated=(fake_b, fake_a),
             )
 
             # 5. Discriminator objective, on a history of fakes when the preset keeps one.

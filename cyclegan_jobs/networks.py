@@ -203,6 +203,8 @@ def build_generator(
         x = _full_resolution_head(x, inputs, f, cfg.upsample, dtype)
     else:
         x = up_conv(x, 3, 4, mode=cfg.upsample, name="last", use_bias=True, dtype=dtype)
+    if cfg.residual:  # ModelConfig.residual: the last conv is a change to the input
+        x = layers.Add(name="residual", dtype="float32")([x, Atanh(name="input_atanh")(inputs)])
     # tanh in float32: the image leaves the network at full precision whatever the policy.
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -218,6 +220,22 @@ def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):  # no
     return layers.Conv2D(
         3, 3, padding="same", kernel_initializer=_init(), name="last", dtype=dtype
     )(x)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan_jobs")
+class Atanh(layers.Layer):
+    """atanh of an image in [-1, 1], clipped to +-LIMIT first (atanh(+-1) is infinite): what
+    the generator's final tanh turns back into the image, for ModelConfig.residual."""
+
+    LIMIT = 0.999  # atanh 3.8: tanh of it is 1 within half a level of 255
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):  # noqa: ANN001
+        x = keras.ops.clip(keras.ops.cast(x, "float32"), -self.LIMIT, self.LIMIT)
+        return 0.5 * keras.ops.log((1.0 + x) / (1.0 - x))
 
 
 def build_discriminator(

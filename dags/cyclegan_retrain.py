@@ -56,10 +56,12 @@ from cyclegan_jobs.config import (
     IMAGE_SIZES,
     PRECISION_HELP,
     PRECISIONS,
+    PRESET_BATCH_SIZE,
     PRESET_HELP,
     PRESET_IMAGE_SIZE,
     PRESET_SELECT_EVERY,
     PRESETS,
+    preset,
 )
 
 log = logging.getLogger(__name__)
@@ -93,11 +95,13 @@ PARAMS = {
         description="Empty: every training image once per epoch.",
     ),
     "batch_size": number_param(
-        1,
+        None,
         minimum=1,
         maximum=256,
         title="Batch size",
-        description="Images of each domain per step (the seed trains with 1).",
+        description="Images of each domain per step. Empty: the preset's ("
+        + ", ".join(f"{name} {size}" for name, size in PRESET_BATCH_SIZE.items())
+        + ").",
     ),
     "learning_rate": number_param(
         None,
@@ -106,7 +110,9 @@ PARAMS = {
         maximum=0.1,
         title="Learning rate",
         description="Adam's learning rate, above 0 and at most 0.1, e.g. 0.0002. Empty: the "
-        "preset's (seed 0.0001, paper 0.0002, tiny 0.001).",
+        "preset's ("
+        + ", ".join(f"{name} {preset(name)[1].learning_rate:g}" for name in PRESETS)
+        + ").",
     ),
     "select_every": number_param(
         None,

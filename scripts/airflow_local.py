@@ -41,15 +41,16 @@ REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
 sys.path.insert(0, str(REPO))  # cyclegan_local: development tools, not installed
 from cyclegan_local import reaper  # noqa: E402
+from cyclegan_local.local_default import TRAIN_EPOCHS, TRAIN_PRESET, TRAIN_SIZE  # noqa: E402
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))  # the CLI of this venv's Airflow
 POOL, POOL_SLOTS = "cyclegan_gpu", 1  # slots = GPUs; one CPU "GPU" here
 # The retrain form's defaults on the local stack: small enough for a CPU (the seed preset at
 # 256 px would take hours here). On a real deployment they stay the seed's.
 LOCAL_TRAINING = {
-    "CYCLEGAN_TRAIN_PRESET": "tiny",
-    "CYCLEGAN_TRAIN_IMAGE_SIZE": "64",
-    "CYCLEGAN_TRAIN_EPOCHS": "20",
+    "CYCLEGAN_TRAIN_PRESET": TRAIN_PRESET,
+    "CYCLEGAN_TRAIN_IMAGE_SIZE": str(TRAIN_SIZE),
+    "CYCLEGAN_TRAIN_EPOCHS": str(TRAIN_EPOCHS),
 }
 
 
@@ -177,6 +178,7 @@ def run(root: Path, retrain_conf: dict | None = None) -> int:
         pointer, retrained = _ensure_model(settings.model_store, retrain_conf)
         nightly = _run_dag("cyclegan_nightly_translate")
         rows, counts, summary_uri = _nightly_results(settings.output_uri, nightly, root)
+        scores = local_default.first_result(settings.input_uri, settings.output_uri)
         rows = {
             "model version": pointer["version"] if pointer else "(none promoted)",
             **rows,
@@ -191,7 +193,15 @@ def run(root: Path, retrain_conf: dict | None = None) -> int:
         )
         # The last stdout line: what this run did, for scripts (CI checks a rerun did nothing).
         print(
-            json.dumps({"retrained": retrained, "counts": counts, "summary": summary_uri, **rows})
+            json.dumps(
+                {
+                    "retrained": retrained,
+                    "counts": counts,
+                    "summary": summary_uri,
+                    "first_result": scores,
+                    **rows,
+                }
+            )
         )
     return 0
 

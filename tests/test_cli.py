@@ -12,7 +12,7 @@ import pytest
 
 from cyclegan_jobs import cli, registry, runtime
 from cyclegan_jobs.cli import main
-from cyclegan_jobs.config import PRESET_SELECT_EVERY, TrainConfig, preset
+from cyclegan_jobs.config import PRESET_BATCH_SIZE, PRESET_SELECT_EVERY, TrainConfig, preset
 
 
 def _last_json(capsys: pytest.CaptureFixture) -> object:
@@ -101,6 +101,7 @@ def test_sample_data_command(tmp_path: Path, capsys) -> None:  # noqa: ANN001
 
 
 TRAIN = ["train", "--domain-a", "a", "--domain-b", "b", "--model-store", "m"]
+TINY_EVERY, TINY_BATCH = PRESET_SELECT_EVERY["tiny"], PRESET_BATCH_SIZE["tiny"]
 
 
 @pytest.fixture
@@ -116,34 +117,41 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 
 @pytest.mark.parametrize(
-    ("flags", "select_every", "upsample"),
+    ("flags", "select_every", "upsample", "batch_size"),
     [
-        ([], 0, "transpose"),  # the seed preset: the notebook, no model selection
-        (["--preset", "seed"], 0, "transpose"),
-        (["--preset", "tiny"], PRESET_SELECT_EVERY["tiny"], "transpose"),
-        (["--preset", "paper"], PRESET_SELECT_EVERY["paper"], "transpose"),
-        (["--preset", "seed", "--select-every", "50"], 50, "transpose"),
-        (["--preset", "tiny", "--select-every", "0"], 0, "transpose"),
-        (["--preset", "tiny", "--upsample", "resize"], PRESET_SELECT_EVERY["tiny"], "resize"),
-        (["--upsample", "transpose", "--select-every", "7"], 7, "transpose"),
+        ([], 0, None, 1),  # the seed preset: the notebook, no model selection, batch 1
+        (["--preset", "seed"], 0, None, 1),
+        (["--preset", "tiny"], TINY_EVERY, None, TINY_BATCH),
+        (["--preset", "paper"], PRESET_SELECT_EVERY["paper"], None, 1),
+        (["--preset", "seed", "--select-every", "50"], 50, None, 1),
+        (["--preset", "tiny", "--select-every", "0", "--batch-size", "3"], 0, None, 3),
+        (["--preset", "tiny", "--upsample", "transpose"], TINY_EVERY, "transpose", TINY_BATCH),
+        (["--upsample", "resize", "--select-every", "7"], 7, "resize", 1),
     ],
 )
 def test_train_flags_map_onto_the_training_config(
-    flags: list[str], select_every: int, upsample: str, trained: list[TrainConfig]
+    flags: list[str],
+    select_every: int,
+    upsample: str | None,
+    batch_size: int,
+    trained: list[TrainConfig],
 ) -> None:
     code, result = cli.run([*TRAIN, *flags, "--run-id", "r1"], log_to_stderr=False)
     assert (code, result) == (0, {"trained": "r1"})
     (cfg,) = trained
-    assert cfg.select_every == select_every
-    assert cfg.model.upsample == upsample
-    # Everything else in the model is the preset's.
+    assert (cfg.select_every, cfg.batch_size) == (select_every, batch_size)
+    # Everything else in the model and the loss is the preset's.
     name = flags[flags.index("--preset") + 1] if "--preset" in flags else "seed"
-    assert cfg.model == dataclasses.replace(preset(name)[0], upsample=upsample)
+    model, loss = preset(name)
+    assert cfg.model == dataclasses.replace(model, upsample=upsample or model.upsample)
+    assert cfg.loss == loss
 
 
 def test_the_presets_select_differently() -> None:
     # Else the cases above could not tell the preset's default from a fixed one.
     assert PRESET_SELECT_EVERY["seed"] == 0 and PRESET_SELECT_EVERY["tiny"] > 0
+    assert PRESET_BATCH_SIZE["seed"] == 1 and PRESET_BATCH_SIZE["tiny"] not in (1, 3)
+    assert preset("tiny")[0].upsample != "transpose"
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cyclegan_jobs import registry, storage
+from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.evaluate import Thresholds, evaluate, gate, load_style
+from cyclegan_jobs.evaluate import Thresholds, evaluate, gate, load_style, score_outputs
 from cyclegan_jobs.networks import build_generator
-from cyclegan_jobs.sample_data import write_sample_domains
+from cyclegan_jobs.sample_data import paint, synthetic_faces, write_sample_domains
 from cyclegan_jobs.train import train
 
 SIZE = 64
@@ -150,3 +150,32 @@ def test_load_style_from_module_and_file(tmp_path: Path) -> None:
     assert fn(np.zeros((1, 2, 2, 3), np.uint8)).max() == 255
     with pytest.raises(ValueError, match="no function"):
         load_style("cyclegan_jobs.sample_data:nope")
+
+
+def test_score_outputs_measures_a_job_against_the_known_mapping(tmp_path: Path) -> None:
+    faces = synthetic_faces(5, 32, seed=7)
+    rng = np.random.default_rng(0)
+    for i, face in enumerate(faces):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"f{i}.png").write_bytes(images.encode_png(face))
+        if i == 4:
+            continue  # no outputs: counted as unscored
+        noisy = np.clip(paint(face).astype(int) + rng.integers(-6, 7, face.shape), 0, 255)
+        for root, image in (("stylized", noisy.astype(np.uint8)), ("reconstructed", face)):
+            (tmp_path / "out" / root).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "out" / root / f"f{i}.png").write_bytes(images.encode_png(image))
+    s = score_outputs(
+        str(tmp_path / "in"), str(tmp_path / "out"), "cyclegan_jobs.sample_data:paint"
+    )
+    assert s["scored"] == 4 and len(s["unscored"]) == 1 and "f4.png" in s["unscored"][0]
+    assert 30 < s["psnr_true"] < 40  # +-6 levels of noise: about 33 dB
+    assert s["psnr_do_nothing"] < 25 and s["gain_db"] == s["psnr_true"] - s["psnr_do_nothing"]
+    assert s["cycle_psnr"] >= 99  # the reconstructions are the inputs (metrics.psnr caps)
+    assert s["checkerboard_db"] < 2.0
+    # Stylized outputs that are the inputs score exactly the do-nothing PSNR.
+    for i in range(4):
+        (tmp_path / "out" / "stylized" / f"f{i}.png").write_bytes(images.encode_png(faces[i]))
+    again = score_outputs(
+        str(tmp_path / "in"), str(tmp_path / "out"), "cyclegan_jobs.sample_data:paint"
+    )
+    assert again["gain_db"] == 0.0

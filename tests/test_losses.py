@@ -75,3 +75,56 @@ def test_discriminator_loss_dispatch() -> None:
     r, f = _t([0.0]), _t([0.0])
     assert float(losses.discriminator_loss(LossConfig(), r, f)) == pytest.approx(2 * math.log(2))
     assert float(losses.discriminator_loss(preset("paper")[1], r, f)) == pytest.approx(0.5)
+
+
+def test_colour_fit_residual_is_zero_for_colour_maps_and_large_for_texture() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
+    mix = np.array([[0.5, 0.3, 0.0], [0.1, 0.7, 0.2], [-0.2, 0.1, 0.9]], "float32")
+    mapped = x @ mix.T + np.array([0.1, -0.2, 0.05], "float32")  # a global affine colour map
+    texture = x + rng.normal(0, 0.2, x.shape).astype("float32")
+    assert float(losses.colour_fit_residual(_t(x), _t(mapped))) < 1e-3
+    assert float(losses.colour_fit_residual(_t(x), _t(texture))) > 0.1
+    # Per image: each image may have its own map.
+    both = np.concatenate([mapped[:1], 0.5 * x[1:] - 0.3])
+    assert float(losses.colour_fit_residual(_t(x), _t(both))) < 1e-3
+    # Gradients flow to the output, and vanish at a colour map.
+    y = tf.Variable(texture)
+    with tf.GradientTape() as tape:
+        loss = losses.colour_fit_residual(_t(x), y)
+    grad = tape.gradient(loss, y).numpy()
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+
+
+def test_colour_fit_weight_adds_the_term_only_when_set() -> None:
+    x, y = _t(np.zeros((1, 4, 4, 3))), _t(np.random.default_rng(1).uniform(-1, 1, (1, 4, 4, 3)))
+    pairs = {
+        "fake_logits": (_t([1.0]), _t([1.0])),
+        "real": (x, x),
+        "reconstructed": (x, x),
+        "identity": (x, x),
+        "translated": (y, y),
+    }
+    plain = losses.generator_loss(LossConfig(), **pairs)
+    fitted = losses.generator_loss(LossConfig(colour_fit_weight=2.0), **pairs)
+    assert "colour_fit_loss" not in plain and float(plain["g_loss"]) == pytest.approx(0.0)
+    expected = 2 * float(losses.colour_fit_residual(x, y))
+    assert expected > 0 and float(fitted["g_loss"]) == pytest.approx(2 * expected, rel=1e-5)
+
+
+def test_colour_distribution_distance_compares_colours_not_places() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (2, 8, 8, 3)).astype("float32")
+    shuffled = rng.permutation(x.reshape(-1, 3)).reshape(x.shape)  # the same colours elsewhere
+    assert float(losses.colour_distribution_distance(_t(x), _t(shuffled), stride=1)) < 1e-10
+    shifted = float(losses.colour_distribution_distance(_t(x), _t(x + 0.2), stride=1))
+    assert shifted == pytest.approx(0.2**2 * np.mean([1, 1, 1, 3, 0, 0, 1 / 3]), rel=1e-4)
+    y = tf.Variable(x + 0.2)
+    with tf.GradientTape() as tape:
+        loss = losses.colour_distribution_distance(_t(x), y)
+    grad = tape.gradient(loss, y).numpy()
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+    # Only every stride-th pixel counts: the others may be anything.
+    other = x.copy()
+    other[:, 1::2, :, :] = 1.0
+    assert float(losses.colour_distribution_distance(_t(x), _t(other), stride=2)) < 1e-10

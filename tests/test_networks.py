@@ -316,6 +316,33 @@ def test_input_skip_feeds_the_input_image_to_a_full_resolution_last_conv(
         dataclasses.replace(preset("paper", 32)[0], input_skip=True)
 
 
+# --- the residual output: the generator starts as the identity ---------------------------------
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_residual_generator_starts_near_the_identity(skip: bool, tmp_path) -> None:  # noqa: ANN001
+    cfg = dataclasses.replace(preset("tiny", 32)[0], residual=True, input_skip=skip)
+    g = build_generator(cfg)
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    plain = build_generator(dataclasses.replace(cfg, residual=False))
+    plain.set_weights(g.get_weights())  # the same layers and weights, no residual
+    start, without = g(x, training=False).numpy(), plain(x, training=False).numpy()
+    assert np.abs(start - x).mean() < 0.1 * np.abs(without - x).mean()
+    # A change to the last conv moves the output; the saved model loads in safe mode.
+    last = g.get_layer("last_conv" if cfg.upsample == "resize" and not skip else "last")
+    last.set_weights([w + 0.05 for w in last.get_weights()])
+    moved = g(x, training=False).numpy()
+    assert np.abs(moved - x).mean() > 0.05 and np.abs(moved).max() <= 1.0
+    g.save(tmp_path / "r.keras")
+    loaded = keras.saving.load_model(tmp_path / "r.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded(x).numpy(), moved)
+    bf16 = build_generator(cfg, dtype="mixed_bfloat16")
+    bf16.set_weights(g.get_weights())
+    assert bf16(x).dtype == "float32" and np.abs(bf16(x).numpy() - moved).mean() < 0.02
+    with pytest.raises(ConfigError, match="residual"):
+        dataclasses.replace(preset("paper", 32)[0], residual=True)
+
+
 # The seed's U-Net (tiny: the same topology) reaches 79 px from an output pixel: 4x4 convs at
 # /2../16 and the transposed ones back up. Tiles need at least this margin to match whole images.
 UNET_REACH = 79
@@ -336,11 +363,18 @@ def test_the_unet_reaches_exactly_its_receptive_field() -> None:
     """One input pixel changed moves outputs up to UNET_REACH px away, and none further: the
     margin tiles need (cyclegan_jobs/tiles.py)."""
     keras.utils.set_random_seed(0)
-    net = build_generator(preset("tiny")[0], any_size=True)
-    n = 2 * UNET_REACH + 34  # a multiple of 16, wide enough to see past the reach
+    # Either upsampling reaches 79 px. (Without the residual start, whose zero last conv
+    # would move only the changed pixel.)
+    for upsample in ("transpose", "resize"):
+        cfg = dataclasses.replace(preset("tiny")[0], upsample=upsample, residual=False)
+        _assert_reach(build_generator(cfg, any_size=True), UNET_REACH)
+
+
+def _assert_reach(net: keras.Model, reach: int) -> None:
+    n = 2 * reach + 34  # a multiple of 16, wide enough to see past the reach
     x = np.random.default_rng(0).uniform(-1, 1, (1, n, n, 3)).astype(np.float32)
     before = net(x, training=False).numpy()
     x[0, n // 2, n // 2] += 0.5
     moved = np.abs(net(x, training=False).numpy() - before).max(axis=-1)[0] > 0
     rows, cols = np.nonzero(moved)
-    assert max(abs(rows - n // 2).max(), abs(cols - n // 2).max()) == UNET_REACH
+    assert max(abs(rows - n // 2).max(), abs(cols - n // 2).max()) == reach
