@@ -86,7 +86,8 @@ def at_init(
     report["inputs_db"] = round(metrics.checkerboard_db(inputs), 2)
     examples = {}
     for mode in MODES:
-        cfg = dataclasses.replace(model_cfg, upsample=mode)
+        # The network's own output: with the residual start it would be the input at init.
+        cfg = dataclasses.replace(model_cfg, upsample=mode, residual=False)
         scores = []
         for seed in seeds:
             keras.utils.set_random_seed(seed)

@@ -157,9 +157,10 @@ def score_outputs(input_uri: str, output_uri: str, style_spec: str) -> dict[str,
     """A translation job's outputs against a known mapping (the local default's data: domain A
     is `sample_data.paint` of faces). Each input x should come out as style(x): PSNR of the
     stylized outputs against it, the do-nothing PSNR (x against style(x)) and the gain, the
-    cycle PSNR (reconstructed against x) and the stylized outputs' checkerboard_db. Inputs
-    without both outputs at their own size are counted as `unscored`, not skipped silently."""
-    from .images import decode_image
+    cycle PSNR (reconstructed against x) and the stylized outputs' checkerboard_db, each input
+    at its outputs' size (images.resize, when the job wrote another size). Inputs without both
+    outputs are counted as `unscored`, not skipped silently."""
+    from .images import decode_image, resize
     from .stages import output_rel
 
     style = load_style(style_spec)
@@ -175,9 +176,10 @@ def score_outputs(input_uri: str, output_uri: str, style_spec: str) -> dict[str,
         except (storage.StorageError, ValueError) as err:
             unscored.append(f"{info.rel}: {err}")
             continue
-        if y.shape != x.shape or z.shape != x.shape:
-            unscored.append(f"{info.rel}: outputs {y.shape}, {z.shape} for input {x.shape}")
+        if y.shape != z.shape:
+            unscored.append(f"{info.rel}: outputs of two sizes, {y.shape} and {z.shape}")
             continue
+        x = resize(x, y.shape[:2])  # the job's --size: compared at the outputs' size
         for kept, image in ((inputs, x), (stylized, y), (rebuilt, z)):
             kept.append(image)
     if not inputs:

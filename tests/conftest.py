@@ -19,11 +19,11 @@ S3Server = local_s3.LocalS3
 # (--no-loadscope-reorder; xdist's default puts files with few tests, such as these, last), so
 # they start first and the short files fill the gaps instead of one worker idling at the end.
 LONGEST_FIRST = (
-    "test_quality_benchmark.py",  # 410
-    "test_dags.py",  # about 450 over 21 tests
-    "test_browser.py",  # 330
-    "test_make_run.py",  # 205
-    "test_local_default.py",  # 120
+    "test_dags.py",  # about 500 s over 21 tests
+    "test_local_default.py",  # 425: make run's first result at its own settings, 295
+    "test_browser.py",  # 370
+    "test_make_run.py",  # 220
+    "test_quality_benchmark.py",  # about 220
     "test_translate_scale.py",
     "test_evaluate.py",
     "test_train.py",

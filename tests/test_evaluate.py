@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Sample data, a model trained for 600 steps, and versions that do nothing or emit NaN."""
     root = tmp_path_factory.mktemp("evaluate")
     data = write_sample_domains(str(root / "data"), n_a=48, n_b=48, size=SIZE, seed=0)
-    model_cfg, _ = preset("tiny", SIZE)
+    # The versions that learned nothing: fresh networks without the residual start (which
+    # would make them the identity), so their outputs are noise.
+    model_cfg = dataclasses.replace(preset("tiny", SIZE)[0], residual=False)
     store = str(root / "store")
     trained = train(tiny_config(data, store, SIZE, steps_per_epoch=150, epochs=4, log_every=75))
     config = {"model": asdict(model_cfg), "train": {"domain_a": data["domain_a"],
@@ -53,13 +56,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def test_a_short_run_lowers_the_cycle_loss(world: dict) -> None:
-    # make run's setting in small: the tiny preset, 600 steps at 64 px, about a minute.
+def test_a_short_run_keeps_the_cycle_whole(world: dict) -> None:
+    # The tiny preset, 600 steps: the residual start begins at the identity, and the cycle
+    # stays whole while the translation moves (measured: cycle loss 0.019-0.034; a generator
+    # that starts from noise begins near 0.25).
     rows = storage.read_bytes(storage.join(world["trained"], "history.jsonl")).splitlines()
     curve = [round(json.loads(row)["cycle_loss"], 4) for row in rows]
     assert len(curve) == 8
-    # Means of the first and the last quarter of the run (interval means are noisy).
-    assert np.mean(curve[-2:]) < 0.8 * np.mean(curve[:2]), curve
+    assert max(curve) < 0.05, curve  # MSE in [-1, 1]: above 19 dB PSNR at every log
 
 
 def test_trained_model_beats_doing_nothing(world: dict) -> None:

@@ -254,10 +254,12 @@ class _Sabotage(hooks.Hook):
 
 
 def _selection_cfg(sample: dict, store: str, run_id: str, **changes) -> TrainConfig:
-    return _cfg(
+    cfg = _cfg(
         sample, store, epochs=2, steps_per_epoch=12, select_every=SELECT_EVERY, log_every=4,
         deterministic=True, run_id=run_id, **changes,
     )  # fmt: skip
+    # A constant LR, which _Sabotage can set (a decaying schedule cannot be overwritten).
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, linear_decay=False))
 
 
 def _selection_rows(vuri: str) -> list[dict]:
