@@ -106,8 +106,10 @@ def generator_loss(
     """The joint generator objective and its parts, each pair ordered (domain A, domain B).
 
     total = adv_A + adv_B + w_cyc * (cyc_A + cyc_B) + w_id * (id_A + id_B)
-            [+ w_fit * (fit(A -> B) + fit(B -> A)) with LossConfig.colour_fit_weight, where
-            `translated` is (G(A), F(B)): colour_fit_residual of each against its input]
+            [+ w_match * (match(G(A), B) + match(F(B), A))]   LossConfig.colour_match_weight
+            [+ w_fit * (fit(A, G(A)) + fit(B, F(B)))]         LossConfig.colour_fit_weight
+    where `translated` is (G(A), F(B)), match is colour_distribution_distance against the real
+    batch of the target domain and fit is colour_fit_residual against the input.
     """
     adversarial = sum(generator_adversarial_loss(logits) for logits in fake_logits)
     cycle = sum(
