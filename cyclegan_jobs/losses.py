@@ -62,13 +62,13 @@ def colour_fit_residual(source: tf.Tensor, output: tf.Tensor, ridge: float = 1e-
     a small ridge for flat images) and the residual measured: 0 for any global colour transform
     (channel mixing, brightness, contrast), large for textures and blotches the input does not
     have. Gradients flow through the fit (the residual is a projection of the output)."""
-    x, y = _f32(source), _f32(output)
-    shape = tf.shape(x)
-    x = tf.reshape(x, [shape[0], -1, 3])
-    y = tf.reshape(y, [shape[0], -1, 3])
+    batch = tf.shape(source)[0]
+    x = tf.reshape(_f32(source), [batch, -1, 3])
+    y = tf.reshape(_f32(output), [batch, -1, 3])
+    pixels = tf.cast(tf.shape(x)[1], tf.float32)
     design = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)  # N x P x 4
-    gram = tf.matmul(design, design, transpose_a=True) / tf.cast(tf.shape(x)[1], tf.float32)
-    rhs = tf.matmul(design, y, transpose_a=True) / tf.cast(tf.shape(x)[1], tf.float32)
+    gram = tf.matmul(design, design, transpose_a=True) / pixels
+    rhs = tf.matmul(design, y, transpose_a=True) / pixels
     weights = tf.linalg.solve(gram + ridge * tf.eye(4), rhs)  # N x 4 x 3
     return tf.reduce_mean(tf.abs(y - tf.matmul(design, weights)))
 
