@@ -235,6 +235,15 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
     return model, loss
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The quality gate's rules (evaluate.gate; see README, "The quality gate")."""
+
+    min_cycle_psnr: float = 15.0  # dB, absolute floor on mean cycle PSNR of both domains
+    psnr_tolerance: float = 1.0  # dB the candidate may lose against the promoted version
+    swd_tolerance: float = 0.10  # relative SWD increase allowed against the promoted version
+
+
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Rebuild a ModelConfig from config.json (ignoring keys a newer version may add)."""
     names = {f.name for f in dataclasses.fields(ModelConfig)}

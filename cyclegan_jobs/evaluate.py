@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import datasets, metrics, registry, storage
-from .config import model_config_from_dict
+from .config import Thresholds, model_config_from_dict
 from .images import to_uint8
 
 BATCH = 32
@@ -230,15 +230,6 @@ def _finite(tree: Any, path: str = "") -> tuple[Any, list[str]]:
         value = metrics.finite_or_none(float(tree))
         return value, ([path] if value is None else [])
     return tree, bad
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The gate's rules (see README, "The quality gate")."""
-
-    min_cycle_psnr: float = 15.0  # dB, absolute floor on mean cycle PSNR of both domains
-    psnr_tolerance: float = 1.0  # dB the candidate may lose against the promoted version
-    swd_tolerance: float = 0.10  # relative SWD increase allowed against the promoted version
 
 
 def gate(

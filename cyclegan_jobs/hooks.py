@@ -129,7 +129,7 @@ class ModelSelection(Hook):
     """
 
     def __init__(self, every: int, floor: float | None = None):
-        from .evaluate import Thresholds
+        from .config import Thresholds
 
         self.every = every
         self.floor = Thresholds().min_cycle_psnr if floor is None else floor

@@ -191,40 +191,36 @@ class Settings:
         return Asset(name="cyclegan_promoted_model", uri=f"{store}/PROMOTED.json")
 
 
-def text_param(default: str, title: str, description: str) -> Any:
-    """A trigger-form field that must not be empty (a URI, a prefix, a folder)."""
+# Form fields whose default is the deployment's setting (the rest come from cyclegan_jobs/options).
+FORM_SETTINGS = {
+    "preset": "train_preset",
+    "epochs": "train_epochs",
+    "domain_a": "domain_a_uri",
+    "domain_b": "domain_b_uri",
+    "model_store": "model_store",
+    "input": "input_uri",
+    "output": "output_uri",
+}
+
+
+def form_params(dag_id: str, settings: Settings) -> dict[str, Any]:
+    """A DAG's trigger-form Params, generated from the options' declarations
+    (cyclegan_jobs.options.form_schema), with the deployment's defaults."""
     from airflow.sdk import Param
 
-    return Param(default, type="string", minLength=1, title=title, description=description)
+    from cyclegan_jobs.config import PRESET_IMAGE_SIZE
+    from cyclegan_jobs.options import form_schema
 
-
-def number_param(
-    default: float | None, *, title: str, description: str, kind: str = "integer", **bounds: Any
-) -> Any:
-    """A trigger-form number (`kind` integer or number) with its bounds (minimum, maximum or
-    exclusiveMinimum); a None default makes it optional (empty: the job's own default)."""
-    from airflow.sdk import Param
-
-    kinds = kind if default is not None else ["null", kind]
-    return Param(default, type=kinds, title=title, description=description, **bounds)
+    defaults = {name: getattr(settings, attr) for name, attr in FORM_SETTINGS.items()}
+    defaults["image_size"] = settings.train_image_size or PRESET_IMAGE_SIZE[settings.train_preset]
+    form = form_schema(dag_id, defaults)
+    return {name: Param(value, description=text, **schema) for name, (value, text, schema) in
+            form.items()}  # fmt: skip
 
 
 def safe_run_id(run_id: str) -> str:
     """An Airflow run id (e.g. manual__2026-11-29T02:00:00+00:00) as a key- and path-safe name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.") or "run"
-
-
-def cli_args(command: str, **options: Any) -> list[str]:
-    """A `cyclegan-jobs` argument list: domain_a="x" -> --domain-a x, True -> a bare flag,
-    None and False -> left out (the CLI's default)."""
-    args = [command]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is not None and value is not False:
-            args += [flag, str(value)]
-    return args
 
 
 def use_connection(conn_id: str) -> None:

@@ -34,28 +34,26 @@ settings for that run. From a shell:
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from cyclegan_common import (
     DAG_DEFAULTS,
     IO_RETRIES,
     Settings,
-    cli_args,
+    form_params,
     heavy_mapped,
-    number_param,
     push_links,
     results_links,
     safe_run_id,
     schedule_for,
-    text_param,
     use_connection,
     with_results_links,
 )
 
+from cyclegan_jobs.options import command_line, form_values
+
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
-# The size Param's values (cyclegan_jobs.config.parse_size reads them).
-SIZE_PATTERN = r"^(default|native|[1-9][0-9]*)$"
 
 
 @dag(
@@ -64,71 +62,8 @@ SIZE_PATTERN = r"^(default|native|[1-9][0-9]*)$"
     **DAG_DEFAULTS,
     tags=["cyclegan", "translate"],
     doc_md=__doc__,
-    params={
-        "input": text_param(
-            SETTINGS.input_uri,
-            "Input",
-            "s3://bucket/prefix/ (or a folder) of the images to translate.",
-        ),
-        "output": text_param(
-            SETTINGS.output_uri,
-            "Output",
-            "Where stylized/, reconstructed/ and _runs/ go (s3:// or a folder).",
-        ),
-        "model_store": text_param(
-            SETTINGS.model_store,
-            "Model store",
-            "Its promoted version translates (cyclegan_retrain promotes one).",
-        ),
-        "scope": Param(
-            "new",
-            enum=["new", "all"],
-            title="Scope",
-            description="new: skip inputs whose outputs are up to date; all: also redo "
-            "outputs made by another model version.",
-        ),
-        "direction": Param(
-            "b2a",
-            enum=["b2a", "a2b"],
-            title="Direction",
-            description="b2a: photo -> painting (the nightly's job); a2b: painting -> photo.",
-        ),
-        "size": Param(
-            "default",
-            type="string",
-            pattern=SIZE_PATTERN,
-            title="Output size",
-            description="default: the model's image size as the long side (small, cheap); "
-            "native: each input's own size (stylized in tiles: slower, more memory); or a long "
-            "side in pixels. The aspect ratio is always kept. With scope all, outputs made at "
-            "another size are redone.",
-        ),
-        "batch_size": number_param(
-            32,
-            minimum=1,
-            maximum=1024,
-            title="Batch size",
-            description="Pictures of the model's size per model call (1 to 1024; a larger "
-            "tile counts as several); larger keeps a GPU busier.",
-        ),
-        "shard_size": number_param(
-            500,
-            minimum=1,
-            maximum=1_000_000,
-            title="Shard size",
-            description="Inputs per mapped translate_shard task; shards run in parallel "
-            "on the gpu workers.",
-        ),
-        "max_failure_rate": number_param(
-            0.1,
-            kind="number",
-            minimum=0,
-            maximum=1,
-            title="Maximum failure rate",
-            description="Fail the run when more than this share (0 to 1) of the inputs "
-            "could not be translated (unreadable images, ...).",
-        ),
-    },
+    # The trigger form: cyclegan_jobs/options.py declares its fields.
+    params=form_params("cyclegan_nightly_translate", SETTINGS),
 )
 def cyclegan_nightly_translate():
     conn_id = SETTINGS.aws_conn_id
@@ -165,18 +100,21 @@ def cyclegan_nightly_translate():
     @task
     def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
         """One `cyclegan-jobs translate` command line per shard file."""
+        # As the form gives them (the CLI reads `size` as "default", "native" or N), but the
+        # model is the version resolved for the run, and bad inputs are judged over the whole
+        # run by `summarize`, not per shard.
+        values = form_values("translate", params, leave_out=("model_store", "max_failure_rate"))
+        feed = {"feed_processes": SETTINGS.feed_processes or None, "max_failure_rate": 1.0}
         return [
-            cli_args(
+            command_line(
                 "translate",
-                model=planned["model_uri"],
-                keys=shard["keys"],
-                run_id=shard["run_id"],
-                # As the form gives them (the CLI reads `size` as "default", "native" or N).
-                **{k: params[k] for k in ("input", "output", "direction", "scope", "size")},
-                batch_size=params["batch_size"],
-                feed_processes=SETTINGS.feed_processes or None,
-                # Bad inputs are judged over the whole run by `summarize`, not per shard.
-                max_failure_rate=1.0,
+                {
+                    "model": planned["model_uri"],
+                    "keys": shard["keys"],
+                    "run_id": shard["run_id"],
+                    **values,
+                    **feed,
+                },
             )
             for shard in planned["shards"]
         ]

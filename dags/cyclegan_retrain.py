@@ -37,154 +37,27 @@ from __future__ import annotations
 
 import logging
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from cyclegan_common import (
     DAG_DEFAULTS,
     IO_RETRIES,
     Settings,
-    cli_args,
+    form_params,
     heavy_step,
-    number_param,
     safe_run_id,
     schedule_for,
-    text_param,
     use_connection,
 )
 
-from cyclegan_jobs.config import (
-    IMAGE_SIZES,
-    PRECISION_HELP,
-    PRECISIONS,
-    PRESET_BATCH_SIZE,
-    PRESET_HELP,
-    PRESET_IMAGE_SIZE,
-    PRESET_SELECT_EVERY,
-    PRESETS,
-    preset,
-)
+from cyclegan_jobs.options import command_line, form_values
 
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
-
-
-def _choices(help_by_value: dict) -> str:
-    return "; ".join(f"{value}: {text}" for value, text in help_by_value.items())
-
-
-PARAMS = {
-    "preset": Param(
-        SETTINGS.train_preset,
-        enum=list(PRESETS),
-        title="Preset",
-        description="The model and loss configuration. " + _choices(PRESET_HELP),
-    ),
-    "epochs": number_param(
-        SETTINGS.train_epochs,
-        minimum=1,
-        maximum=1000,
-        title="Epochs",
-        description="Passes over the training images (1 to 1000).",
-    ),
-    "steps_per_epoch": number_param(
-        None,
-        minimum=1,
-        maximum=1_000_000,
-        title="Steps per epoch",
-        description="Empty: every training image once per epoch.",
-    ),
-    "batch_size": number_param(
-        None,
-        minimum=1,
-        maximum=256,
-        title="Batch size",
-        description="Images of each domain per step. Empty: the preset's ("
-        + ", ".join(f"{name} {size}" for name, size in PRESET_BATCH_SIZE.items())
-        + ").",
-    ),
-    "learning_rate": number_param(
-        None,
-        kind="number",
-        exclusiveMinimum=0,
-        maximum=0.1,
-        title="Learning rate",
-        description="Adam's learning rate, above 0 and at most 0.1, e.g. 0.0002. Empty: the "
-        "preset's ("
-        + ", ".join(f"{name} {preset(name)[1].learning_rate:g}" for name in PRESETS)
-        + ").",
-    ),
-    "select_every": number_param(
-        None,
-        minimum=0,
-        maximum=1_000_000,
-        title="Model selection every (steps)",
-        description="Score the generators on held-out images every N steps and at the last, "
-        "and make the version from the best-scoring weights (the gate then judges those); 0: "
-        "off, the last step's weights. Empty: the preset's ("
-        + ", ".join(f"{name} {every or 'off'}" for name, every in PRESET_SELECT_EVERY.items())
-        + ").",
-    ),
-    "image_size": Param(
-        SETTINGS.train_image_size or PRESET_IMAGE_SIZE[SETTINGS.train_preset],
-        type="integer",
-        enum=list(IMAGE_SIZES),
-        values_display={str(size): f"{size} x {size} px" for size in IMAGE_SIZES},
-        title="Image size",
-        description="Training images are resized to this square. The presets' own sizes: "
-        + ", ".join(f"{name} {size} px" for name, size in PRESET_IMAGE_SIZE.items())
-        + ". Larger is slower: 256 px is hours on a CPU.",
-    ),
-    "precision": Param(
-        "auto",
-        enum=list(PRECISIONS),
-        title="Precision",
-        description="Numeric precision of training. " + _choices(PRECISION_HELP),
-    ),
-    "domain_a": text_param(
-        SETTINGS.domain_a_uri,
-        "Domain A (paintings)",
-        "The style to learn: s3://bucket/prefix, a folder, or a .npy file.",
-    ),
-    "domain_b": text_param(
-        SETTINGS.domain_b_uri,
-        "Domain B (faces)",
-        "The photos: s3://bucket/prefix, a folder, or a .npy file.",
-    ),
-    "model_store": text_param(
-        SETTINGS.model_store,
-        "Model store",
-        "Where versions, PROMOTED.json and run checkpoints live (s3:// or folder).",
-    ),
-    "min_new_images": number_param(
-        1,
-        minimum=0,
-        maximum=10_000_000,
-        title="Minimum new images",
-        description="Train only when at least this many domain-B images are new since the "
-        "promoted version.",
-    ),
-    "force": Param(
-        False, type="boolean", title="Force", description="Train even without new data."
-    ),
-    "min_cycle_psnr": number_param(
-        15.0,
-        kind="number",
-        minimum=0,
-        maximum=100,
-        title="Gate: minimum cycle PSNR (dB)",
-        description="The quality gate refuses a candidate whose cycle PSNR (photo -> painting "
-        "-> photo) is below this. 0 turns the floor off (the comparison with the promoted "
-        "version still applies). See README, the quality gate.",
-    ),
-    "promote": Param(
-        "gate",
-        enum=["gate", "never"],
-        title="Promote",
-        description="gate: promote the new version when it passes the quality gate; "
-        "never: train, evaluate and gate only.",
-    ),
-}
+# The trigger form: cyclegan_jobs/options.py declares its fields; the deployment's settings
+# give some of their defaults.
+PARAMS = form_params("cyclegan_retrain", SETTINGS)
 
 
 def _outcome(found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
@@ -251,46 +124,24 @@ def enough_new_data(found: dict, params: dict | None = None) -> bool:
 
 @task
 def train_command(params: dict | None = None, run_id: str | None = None) -> list[str]:
-    return cli_args(
-        "train",
-        domain_a=params["domain_a"],
-        domain_b=params["domain_b"],
-        model_store=params["model_store"],
-        preset=params["preset"],
-        image_size=params["image_size"],
-        epochs=params["epochs"],
-        steps_per_epoch=params["steps_per_epoch"],
-        batch_size=params["batch_size"],
-        learning_rate=params["learning_rate"],
-        precision=params["precision"],
-        select_every=params["select_every"],
-        # The same run id on a retry: training resumes from the mirrored checkpoint.
-        run_id=f"retrain-{safe_run_id(run_id)}",
-    )
+    # The form's `promote` is the DAG's (gate | never), not train's flag.
+    values = form_values("train", params, leave_out=("promote",))
+    # The same run id on a retry: training resumes from the mirrored checkpoint.
+    return command_line("train", {**values, "run_id": f"retrain-{safe_run_id(run_id)}"})
 
 
 @task
 def evaluate_command(trained: dict, params: dict | None = None) -> list[str]:
-    return cli_args(
-        "evaluate",
-        model=trained["version_uri"],
-        domain_a=params["domain_a"],
-        domain_b=params["domain_b"],
-        write=True,
-    )
+    model = {"model": trained["version_uri"]}
+    return command_line("evaluate", {**model, **form_values("evaluate", params), "write": True})
 
 
 @task
 def gate_command(evaluation: dict, trained: dict, params: dict | None = None) -> list[str]:
-    return cli_args(
-        "gate",
-        candidate=trained["version_uri"],
-        model_store=params["model_store"],
-        domain_a=params["domain_a"],
-        domain_b=params["domain_b"],
-        min_cycle_psnr=params["min_cycle_psnr"],
-        exit_zero=True,  # a refusal is a decision, not a failure; `promote` acts on it
-    )
+    # The form's `promote` is the DAG's (gate | never), not the gate's flag.
+    values = form_values("gate", params, leave_out=("promote",))
+    # exit_zero: a refusal is a decision, not a failure; `promote` acts on it.
+    return command_line("gate", {"candidate": trained["version_uri"], **values, "exit_zero": True})
 
 
 @task(outlets=[MODEL_ASSET], **IO_RETRIES)

@@ -170,14 +170,15 @@ for dag in bag.dags.values():
         "schedule": str(dag.schedule), "catchup": dag.catchup,
         "max_active_runs": dag.max_active_runs, "tags": sorted(dag.tags),
         "params": {k: {**dag.params.get_param(k).schema,
-                       "description": dag.params.get_param(k).description} for k in dag.params},
+                       "description": dag.params.get_param(k).description,
+                       "default": dag.params.get_param(k).value} for k in dag.params},
         "doc_md": dag.doc_md or "", "tasks": tasks,
     }
 heavy = ("tensorflow", "numpy", "PIL", "keras")
 out["imported"] = [m for m in heavy if m in sys.modules]
-# The DAGs read the library's choices (cyclegan_jobs.config, stdlib only); nothing else.
+# The DAGs read the library's options and choices (stdlib only); nothing else.
 out["imported"] += [m for m in sys.modules if m.startswith("cyclegan_jobs.")
-                    and m != "cyclegan_jobs.config"]
+                    and m not in ("cyclegan_jobs.config", "cyclegan_jobs.options")]
 print(json.dumps(out))
 """
 
@@ -248,6 +249,18 @@ def test_the_forms_choices_are_the_librarys(parsed: dict) -> None:
     choices = {a.dest: a.choices for a in train._actions if a.choices}
     assert list(choices["preset"]) == list(config.PRESETS)
     assert list(choices["precision"]) == list(config.PRECISIONS)
+
+
+def test_every_param_is_generated_from_the_options_declarations(parsed: dict) -> None:
+    from cyclegan_jobs.options import FORMS, form_schema
+
+    assert set(parsed["dags"]) == set(FORMS)
+    for dag_id, dag in parsed["dags"].items():
+        names = [f.option.name for f in FORMS[dag_id]()]
+        assert list(dag["params"]) == names, dag_id  # no Param added by hand, in the form's order
+        defaults = {name: param["default"] for name, param in dag["params"].items()}
+        for name, (default, text, schema) in form_schema(dag_id, defaults).items():
+            assert dag["params"][name] == {**schema, "description": text, "default": default}
 
 
 def test_every_param_has_a_title_a_description_and_numbers_have_bounds(parsed: dict) -> None:
@@ -353,7 +366,8 @@ def test_parsing_imports_no_tensorflow_numpy_pil_or_library(parsed: dict) -> Non
 
 def test_dag_modules_have_no_heavy_top_level_imports() -> None:
     banned = {"tensorflow", "numpy", "PIL", "boto3", "cyclegan_jobs", "keras"}
-    allowed = {"cyclegan_jobs.config"}  # the choices the forms offer; imports only stdlib
+    # The options the forms offer, and their choices: these import only stdlib.
+    allowed = {"cyclegan_jobs.config", "cyclegan_jobs.options"}
     for path in DAGS.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only: tasks import inside their functions
@@ -364,10 +378,12 @@ def test_dag_modules_have_no_heavy_top_level_imports() -> None:
                 names = [node.module or ""]
             names = [n for n in names if n not in allowed]
             assert not {n.split(".")[0] for n in names} & banned, f"{path.name}: {names}"
-    config = ast.parse((REPO / "cyclegan_jobs" / "config.py").read_text())
-    imported = {a.name for n in config.body if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module for n in config.body if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "dataclasses", "os", "typing"}, imported
+    stdlib = {"__future__", "argparse", "collections.abc", "dataclasses", "os", "typing"}
+    for name in ("config", "options"):
+        tree = ast.parse((REPO / "cyclegan_jobs" / f"{name}.py").read_text())
+        imported = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+        assert imported - {"config"} <= stdlib, (name, imported)
 
 
 def test_without_the_plugin_each_dag_file_says_what_to_copy_where(tmp_path: Path) -> None:
