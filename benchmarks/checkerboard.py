@@ -38,11 +38,11 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cyclegan_jobs import images, metrics  # noqa: E402
-from cyclegan_jobs.config import preset  # noqa: E402
-from cyclegan_jobs.sample_data import INPUT_FACES_SEED, synthetic_faces  # noqa: E402
+from cyclegan_jobs import images, metrics
+from cyclegan_jobs.config import preset
+from cyclegan_jobs.sample_data import INPUT_FACES_SEED, synthetic_faces
 
 MODES = ("transpose", "resize")
 DEFAULT_OUT = "var/checkerboard/spectrum.png"

@@ -37,12 +37,12 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cyclegan_jobs import hooks, images, metrics  # noqa: E402
-from cyclegan_jobs.config import PRESET_BATCH_SIZE, TrainConfig, preset  # noqa: E402
-from cyclegan_jobs.evaluate import evaluate, load_style  # noqa: E402
-from cyclegan_jobs.sample_data import synthetic_faces, write_npy  # noqa: E402
+from cyclegan_jobs import hooks, images, metrics
+from cyclegan_jobs.config import PRESET_BATCH_SIZE, TrainConfig, preset
+from cyclegan_jobs.evaluate import evaluate, load_style
+from cyclegan_jobs.sample_data import synthetic_faces, write_npy
 
 BUILTIN = "cyclegan_jobs.sample_data:paint"
 STYLES = (BUILTIN, "benchmarks/styles.py:colour_remap", "benchmarks/styles.py:blur_posterize")
@@ -143,7 +143,7 @@ def run_benchmark(
     return _report(style_spec, cfg, summary, probe, uris, held_b, truth, out)
 
 
-def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[str, Any]:  # noqa: ANN001
+def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[str, Any]:
     from cyclegan_jobs.inference import load_generators
 
     vuri = summary["version_uri"]
@@ -241,7 +241,7 @@ def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
         while jobs and len(running) < args.parallel:
             tag, out, argv = jobs.pop(0)
             out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "run.log", "w")  # noqa: SIM115 - closed when the process ends
+            log = open(out / "run.log", "w")  # closed when the process ends
             print(f"{time.strftime('%H:%M:%S')} start {tag}", flush=True)
             running.append((tag, out, subprocess.Popen(argv, stdout=log, stderr=log), log))
         time.sleep(5)

@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclegan_jobs.config import TranslateConfig, preset  # noqa: E402
-from cyclegan_jobs.inference import Generators  # noqa: E402
-from cyclegan_jobs.metrics import psnr  # noqa: E402
-from cyclegan_jobs.sample_data import synthetic_faces  # noqa: E402
-from cyclegan_jobs.tiles import Grid, cut, downscale, paste  # noqa: E402
+from cyclegan_jobs.config import TranslateConfig, preset
+from cyclegan_jobs.inference import Generators
+from cyclegan_jobs.metrics import psnr
+from cyclegan_jobs.sample_data import synthetic_faces
+from cyclegan_jobs.tiles import Grid, cut, downscale, paste
 
 BORDER = 32
 
@@ -47,7 +47,7 @@ def photo(height: int, width: int) -> np.ndarray:
     return np.clip(big + noise, 0, 255).astype(np.uint8)
 
 
-def generator(name: str, model: str | None, net_name: str = "generator_BA"):  # noqa: ANN201
+def generator(name: str, model: str | None, net_name: str = "generator_BA"):
     """A float32 generator taking any height x width (multiples of 16)."""
     import keras
 
@@ -62,7 +62,7 @@ def generator(name: str, model: str | None, net_name: str = "generator_BA"):  # 
     return net
 
 
-def strips(conv, x, rows: int = 512):  # noqa: ANN001, ANN201
+def strips(conv, x, rows: int = 512):
     """A stride-1 'valid' Conv2D over a large input, in strips of output rows (exact: each
     strip takes its kernel's rows of context). TensorFlow's CPU kernel crashes (SIGSEGV) on
     the paper's last 7x7 convolution over a whole 12 MP picture."""
@@ -75,7 +75,7 @@ def strips(conv, x, rows: int = 512):  # noqa: ANN001, ANN201
     )
 
 
-def _apply(op, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
+def _apply(op, args: tuple, kwargs: dict):
     import keras
 
     shape = getattr(args[0], "shape", ()) if args else ()
@@ -90,7 +90,7 @@ def _apply(op, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
     return op(*args, **kwargs)
 
 
-def lean(net, x):  # noqa: ANN001, ANN201
+def lean(net, x):
     """net(x), eager, layer by layer, each intermediate freed after its last use: Keras' own
     graph walk keeps them all, tens of GB for the paper's ResNet on a 12 MP picture."""
     uses: dict[int, int] = {}
@@ -129,7 +129,7 @@ def run(nets: list, batch: np.ndarray) -> list[np.ndarray]:
     return outs
 
 
-def tiled(gens, image: np.ndarray, args: argparse.Namespace, margin: int) -> tuple[list, Grid]:  # noqa: ANN001
+def tiled(gens, image: np.ndarray, args: argparse.Namespace, margin: int) -> tuple[list, Grid]:
     """The image as the translate job does it: its tiles through inference.Generators, with
     (instance norm) the statistics of its copy downscaled to args.stats_side."""
     grid = Grid(image.shape[0], image.shape[1], args.tile, margin)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclegan_jobs import hooks  # noqa: E402
+from cyclegan_jobs import hooks
 
 Row = dict[str, float]
 

@@ -17,21 +17,21 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import Input, Model, Sequential  # noqa: E402
-from keras.layers import (  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from keras import Input, Model, Sequential
+from keras.layers import (
     BatchNormalization,
     Concatenate,
     Conv2D,
     Conv2DTranspose,
     LeakyReLU,
 )
-from keras.losses import BinaryCrossentropy, mean_squared_error  # noqa: E402
-from keras.optimizers import Adam  # noqa: E402
+from keras.losses import BinaryCrossentropy, mean_squared_error
+from keras.optimizers import Adam
 
-from cyclegan_jobs.config import preset  # noqa: E402
-from cyclegan_jobs.model import CycleGAN, make_optimizer, resolve_precision  # noqa: E402
+from cyclegan_jobs.config import preset
+from cyclegan_jobs.model import CycleGAN, make_optimizer, resolve_precision
 
 # The seed notebook's code, kept as close to it as Keras 3 allows (shared residual blocks
 # too), in its own pieces: downsample, upsample, ResnetIdentityBlock, generator,

@@ -67,14 +67,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The development tools (cyclegan_local) are imported from the repository, not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from cyclegan_jobs import registry, storage  # noqa: E402
-from cyclegan_jobs.config import TranslateConfig, preset  # noqa: E402
-from cyclegan_jobs.sample_data import synthetic_faces  # noqa: E402
-from cyclegan_jobs.tiles import Grid, cut  # noqa: E402
-from cyclegan_local import local_s3  # noqa: E402
+from cyclegan_jobs import registry, storage
+from cyclegan_jobs.config import TranslateConfig, preset
+from cyclegan_jobs.sample_data import synthetic_faces
+from cyclegan_jobs.tiles import Grid, cut
+from cyclegan_local import local_s3
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -184,7 +184,7 @@ def seed_style(uris: list[str], out: str, version_uri: str) -> float:
     return len(uris) / (time.perf_counter() - t)
 
 
-def model_alone(version_uri: str, model_cfg, precision: str, batch: int, n: int) -> float:  # noqa: ANN001
+def model_alone(version_uri: str, model_cfg, precision: str, batch: int, n: int) -> float:
     from cyclegan_jobs.inference import Generators
 
     gens = Generators.load(version_uri, model_cfg, precision, ("generator_BA", "generator_AB"))
@@ -322,7 +322,7 @@ def run_probe(
     return result
 
 
-def quiet_probe(args: argparse.Namespace, *pargs, **kw) -> dict:  # noqa: ANN002, ANN003
+def quiet_probe(args: argparse.Namespace, *pargs, **kw) -> dict:
     """run_probe, run again (after waiting for quiet) while other processes took more than
     --max-others of the machine's CPU meanwhile; the least disturbed try is kept."""
     tries = []
@@ -968,7 +968,7 @@ def memory_faces(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, 
 # Part "speed": native-size photos through the seed preset, tiles and all
 
 
-def run_tiles(height: int, width: int, model_cfg) -> tuple[int, int, Grid]:  # noqa: ANN001
+def run_tiles(height: int, width: int, model_cfg) -> tuple[int, int, Grid]:
     """The tile and margin a `--size native` run uses (translate._geometry with the config's
     defaults) and the grid of one height x width picture."""
     from cyclegan_jobs.translate import _geometry
@@ -999,7 +999,7 @@ def model_alone_tiles(
     model_cfg,
     precision: str,
     tiles: list[np.ndarray],
-    reps: int,  # noqa: ANN001
+    reps: int,
 ) -> float:
     """Tiles per second of the generators alone (translate and reconstruct, as the run) on a
     batch of the run's tiles, after a compiling call."""

@@ -29,7 +29,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 # Functions timed as stages: (module or class, attribute) -> stage name. A stage called inside
@@ -76,7 +76,7 @@ class StageClock:
             self._local.stack = []
         return self._local.stack
 
-    def measure(self, stage: str, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+    def measure(self, stage: str, fn, *args, **kwargs):
         stack = self._stack()
         path = f"{stack[-1][0]} > {stage}" if stack else stage
         frame = [path, 0.0, 0.0]  # path, CPU and wall of the stages called inside
@@ -98,9 +98,9 @@ class StageClock:
                 total[2] += wall - frame[2]
                 self.threads[path].add(thread or "?")
 
-    def wrap(self, stage: str, fn):  # noqa: ANN001, ANN201
+    def wrap(self, stage: str, fn):
         @functools.wraps(fn)
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def timed(*args, **kwargs):
             return self.measure(stage, fn, *args, **kwargs)
 
         return timed
@@ -129,7 +129,7 @@ def install_stage_clock(clock: StageClock) -> None:
 
     make_api_call = BaseClient._make_api_call
 
-    def api_call(self, operation_name, api_params):  # noqa: ANN001, ANN202
+    def api_call(self, operation_name, api_params):
         return clock.measure(
             f"S3 {operation_name}", make_api_call, self, operation_name, api_params
         )
@@ -147,11 +147,11 @@ class IdentityGenerators:
         self.image_size = image_size
         self._clock = clock
 
-    def _identity(self, batch, reconstruct: bool):  # noqa: ANN001, ANN202
+    def _identity(self, batch, reconstruct: bool):
         batch = np.asarray(batch)
         return batch, (batch if reconstruct else None)
 
-    def translate(self, batch, direction: str, reconstruct: bool = True, stats=None):  # noqa: ANN001, ANN201
+    def translate(self, batch, direction: str, reconstruct: bool = True, stats=None):
         if self._clock is None:
             return self._identity(batch, reconstruct)
         return self._clock.measure("infer (identity)", self._identity, batch, reconstruct)
@@ -162,7 +162,7 @@ def use_identity_model(clock: StageClock | None) -> None:
     from cyclegan_jobs import inference
     from cyclegan_jobs import translate as job
 
-    def load(cls, version_uri, model_cfg, precision="auto", names=None, **kw):  # noqa: ANN001, ANN202
+    def load(cls, version_uri, model_cfg, precision="auto", names=None, **kw):
         return IdentityGenerators(model_cfg.image_size, clock)
 
     inference.Generators.load = classmethod(load)
@@ -171,11 +171,11 @@ def use_identity_model(clock: StageClock | None) -> None:
         class IdentityTranslator:
             precision = "identity"
 
-            def __init__(self, version_uri, model_cfg, direction, precision, reconstruct, *a):  # noqa: ANN001
+            def __init__(self, version_uri, model_cfg, direction, precision, reconstruct, *a):
                 self._gens = IdentityGenerators(model_cfg.image_size, clock)
                 self._reconstruct = reconstruct
 
-            def __call__(self, batch):  # noqa: ANN001, ANN204
+            def __call__(self, batch):
                 outs = self._gens.translate(batch, "b2a", self._reconstruct)
                 return [o for o in outs if o is not None]
 
@@ -189,7 +189,7 @@ def record_output_times(times: list[float]) -> None:
 
     write_bytes = storage.write_bytes
 
-    def timed_write(uri, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def timed_write(uri, *args, **kwargs):
         etag = write_bytes(uri, *args, **kwargs)
         if "/stylized/" in str(uri):
             times.append(time.perf_counter())
@@ -213,7 +213,7 @@ def record_infer_calls(calls: list[tuple[float, float, int]]) -> None:
 
     infer = job._infer
 
-    def timed_infer(run, generators, batch, *rest):  # noqa: ANN001, ANN002, ANN202
+    def timed_infer(run, generators, batch, *rest):
         t0 = time.perf_counter()
         outs = infer(run, generators, batch, *rest)
         calls.append((t0, time.perf_counter(), len(batch)))

@@ -194,11 +194,11 @@ class _StderrHandler(logging.StreamHandler):
         self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
 
     @property
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler.__init__ sets it
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
         pass
 
 

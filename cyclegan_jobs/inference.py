@@ -21,7 +21,7 @@ GENERATORS = ("generator_AB", "generator_BA")
 DIRECTION_NETS = {"a2b": ("generator_AB", "generator_BA"), "b2a": ("generator_BA", "generator_AB")}
 
 
-def cycle(forward, backward, x, *, training: bool = False):  # noqa: ANN001, ANN201
+def cycle(forward, backward, x, *, training: bool = False):
     """forward(x) and, when `backward` is given, backward(forward(x)); float tensors in [-1, 1].
 
     The way back is fed the un-quantized translation, as in training.
@@ -96,7 +96,7 @@ class Generators:
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 
-    def _net(self, names: tuple[str, ...], part: int, stats: tf.Tensor | None):  # noqa: ANN202
+    def _net(self, names: tuple[str, ...], part: int, stats: tf.Tensor | None):
         """Generator names[part], or its tiled model given its part of the stats rows."""
         if stats is None:
             return self.nets[names[part]]

@@ -58,7 +58,7 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = int(total_steps)
         self.decay_start = int(decay_start)
 
-    def __call__(self, step):  # noqa: ANN001 - a scalar tensor (the optimizer's iterations)
+    def __call__(self, step):  # a scalar tensor (the optimizer's iterations)
         step = tf.cast(step, tf.float32)
         span = float(max(self.total_steps - self.decay_start, 1))
         frac = tf.clip_by_value((float(self.total_steps) - step) / span, 0.0, 1.0)
@@ -81,7 +81,7 @@ class BudgetDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.initial = float(initial)
         self.progress = progress
 
-    def __call__(self, step):  # noqa: ANN001 - unused: time, not steps, drives the decay
+    def __call__(self, step):  # unused: time, not steps, drives the decay
         frac = tf.clip_by_value(2.0 * (1.0 - tf.cast(self.progress, tf.float32)), 0.0, 1.0)
         return self.initial * frac
 
@@ -197,15 +197,15 @@ class CycleGAN(keras.Model):
     def metrics(self) -> list:
         return list(self.trackers.values())
 
-    def compile(self, g_optimizer, d_optimizer) -> None:  # noqa: ANN001
+    def compile(self, g_optimizer, d_optimizer) -> None:
         super().compile()
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
 
-    def call(self, inputs, training: bool = False):  # noqa: ANN001
+    def call(self, inputs, training: bool = False):
         """A -> B, so that the model is usable like a generator."""
         return self.gen_ab(inputs, training=training)
 
-    def train_step(self, data):  # noqa: ANN001 - a (real_a, real_b) pair of batches in [-1, 1]
+    def train_step(self, data):  # a (real_a, real_b) pair of batches in [-1, 1]
         real_a, real_b = data
         cfg = self.loss_cfg
         # Under MirroredStrategy the optimizers sum gradients over replicas.
@@ -266,7 +266,7 @@ class CycleGAN(keras.Model):
             self.trackers[name].update_state(value)
         return logs
 
-    def translate(self, a, b):  # noqa: ANN001
+    def translate(self, a, b):
         """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float in [-1, 1]."""
         from .inference import cycle
 

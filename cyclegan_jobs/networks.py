@@ -41,7 +41,7 @@ class FusedBatchNorm(layers.BatchNormalization):
     not 4-D channels-last use the stock implementation.
     """
 
-    def call(self, inputs, training=None, mask=None):  # noqa: ANN001
+    def call(self, inputs, training=None, mask=None):
         if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
         if not (self.center and self.scale) or self.renorm:
@@ -70,7 +70,7 @@ class FusedBatchNorm(layers.BatchNormalization):
         return y
 
 
-def _conv(conv: type[layers.Layer], x, filters: int, size: int, *, strides: int,  # noqa: ANN001
+def _conv(conv: type[layers.Layer], x, filters: int, size: int, *, strides: int,
           name: str, dtype, use_bias: bool = False):  # fmt: skip
     # The seed's pix2pix-style convs: 'same' padding, N(0, 0.02) init, no bias unless asked.
     return conv(
@@ -85,7 +85,8 @@ def _conv(conv: type[layers.Layer], x, filters: int, size: int, *, strides: int,
     )(x)
 
 
-def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):  # noqa: ANN001 - keras tensors
+# x: a keras tensor (here and below)
+def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: str, dtype=None):
     """Conv2D stride 2 with LeakyReLU (inside the conv, as the seed), no bias, then BatchNorm."""
     x = _conv(layers.Conv2D, x, filters, size, strides=2, name=f"{name}_conv", dtype=dtype)
     x = layers.LeakyReLU(SEED_LEAKY_SLOPE, name=f"{name}_lrelu", dtype=dtype)(x)
@@ -95,12 +96,12 @@ def downsample(x, filters: int, size: int = 3, *, batchnorm: bool = True, name: 
 
 
 def upsample(
-    x,  # noqa: ANN001 - a keras tensor
+    x,  # a keras tensor
     filters: int,
     size: int = 3,
     *,
     name: str,
-    dtype=None,  # noqa: ANN001
+    dtype=None,
     mode: str = "transpose",
 ):
     """Upsampling x2 (see up_conv) with ReLU (inside the conv), no bias, then BatchNorm."""
@@ -128,7 +129,7 @@ RESIZE_KERNEL: int | None = 3
 
 
 def up_conv(
-    x,  # noqa: ANN001 - a keras tensor
+    x,  # a keras tensor
     filters: int,
     size: int,
     *,
@@ -136,7 +137,7 @@ def up_conv(
     name: str,
     conv_name: str | None = None,
     use_bias: bool = False,
-    dtype=None,  # noqa: ANN001
+    dtype=None,
 ):
     """A x2 upsampling convolution: N(0, 0.02) init, 'same' padding, no activation.
 
@@ -159,7 +160,7 @@ def up_conv(
     )
 
 
-def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=None):  # noqa: ANN001
+def residual_block(x, filters: int, kernel_size: int = 3, *, name: str, dtype=None):
     """The seed's ResnetIdentityBlock: 1x1 -> kxk -> 1x1 convs with BN, input added, ReLU."""
     shortcut = x
     for i, (k, last) in enumerate([(1, False), (kernel_size, False), (1, True)]):
@@ -176,7 +177,7 @@ def build_generator(
     *,
     name: str = "generator",
     dtype=None,
-    any_size: bool = False,  # noqa: ANN001
+    any_size: bool = False,
 ) -> keras.Model:
     """A generator for `cfg` (image_size x image_size x 3 in [-1, 1] -> same shape, tanh).
 
@@ -210,7 +211,7 @@ def build_generator(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):  # noqa: ANN001, ANN202
+def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):
     """ModelConfig.input_skip: the U-Net's missing top level. Features come up to full size
     (`up3`: up_conv, ReLU), the input image joins them (`skip_input`), and a 3x3 conv (`last`)
     makes the output, so each output pixel sees its own input pixel instead of a /2 summary."""
@@ -233,7 +234,7 @@ class Atanh(layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
 
-    def call(self, x):  # noqa: ANN001
+    def call(self, x):
         x = keras.ops.clip(keras.ops.cast(x, "float32"), -self.LIMIT, self.LIMIT)
         return 0.5 * keras.ops.log((1.0 + x) / (1.0 - x))
 
@@ -265,11 +266,11 @@ class ReflectionPadding2D(layers.Layer):
         super().__init__(**kwargs)
         self.padding = int(padding)
 
-    def call(self, x):  # noqa: ANN001
+    def call(self, x):
         p = self.padding
         return keras.ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
 
-    def compute_output_shape(self, input_shape):  # noqa: ANN001
+    def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
         grow = 2 * self.padding
         return (b, None if h is None else h + grow, None if w is None else w + grow, c)
@@ -278,7 +279,7 @@ class ReflectionPadding2D(layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
-def _instance_norm(name: str, dtype=None) -> layers.Layer:  # noqa: ANN001
+def _instance_norm(name: str, dtype=None) -> layers.Layer:
     # GroupNormalization with one group per channel is instance normalization; the reference
     # implementation's InstanceNorm2d has no affine parameters.
     return layers.GroupNormalization(
@@ -286,7 +287,7 @@ def _instance_norm(name: str, dtype=None) -> layers.Layer:  # noqa: ANN001
     )
 
 
-def _conv_norm_relu(x, filters, k, stride, *, name, dtype, up=None, pad=0):  # noqa: ANN001
+def _conv_norm_relu(x, filters, k, stride, *, name, dtype, up=None, pad=0):
     # up: None for a convolution, else the x2 upsampling mode ("transpose" | "resize").
     if pad:
         x = ReflectionPadding2D(pad, name=f"{name}_pad", dtype=dtype)(x)
@@ -308,7 +309,7 @@ def _conv_norm_relu(x, filters, k, stride, *, name, dtype, up=None, pad=0):  # n
     return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def _resnet_generator(cfg: ModelConfig, side: int | None, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
+def _resnet_generator(cfg: ModelConfig, side: int | None, *, name: str, dtype=None) -> keras.Model:
     f = cfg.gen_filters
     inputs = keras.Input(shape=(side, side, 3), name="image")
     x = _conv_norm_relu(inputs, f, 7, 1, pad=3, name="c7s1", dtype=dtype)
@@ -331,7 +332,7 @@ def _resnet_generator(cfg: ModelConfig, side: int | None, *, name: str, dtype=No
     return keras.Model(inputs, outputs, name=name)
 
 
-def _patchgan_70(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model:  # noqa: ANN001
+def _patchgan_70(cfg: ModelConfig, *, name: str, dtype=None) -> keras.Model:
     # C64-C128-C256-C512 with 4x4 convs, LeakyReLU 0.2, no norm on the first layer; padding 1
     # as the reference code, so a 256 input gives 30x30 logits with a 70x70 receptive field.
     f = cfg.disc_filters

@@ -108,14 +108,14 @@ class InstanceMoments(layers.Layer):
         super().__init__(**kwargs)
         self.autocast = False
 
-    def call(self, x):  # noqa: ANN001
+    def call(self, x):
         mean, variance = ops.moments(ops.cast(x, "float32"), axes=[1, 2])
         return ops.concatenate([mean, variance], axis=-1)
 
-    def compute_output_shape(self, input_shape):  # noqa: ANN001
+    def compute_output_shape(self, input_shape):
         return (input_shape[0], 2 * input_shape[-1])
 
-    def compute_output_spec(self, x):  # noqa: ANN001
+    def compute_output_spec(self, x):
         return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
 
 
@@ -127,10 +127,10 @@ class GivenFlag(layers.Layer):
         super().__init__(**kwargs)
         self.autocast = False
 
-    def call(self, x):  # noqa: ANN001
+    def call(self, x):
         return ops.concatenate([x, ops.zeros_like(x[:, :1])], axis=-1)
 
-    def compute_output_shape(self, input_shape):  # noqa: ANN001
+    def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1] + 1)
 
 
@@ -147,7 +147,7 @@ class GivenStatsNorm(layers.Layer):
         self.offset, self.channels, self.epsilon = int(offset), int(channels), float(epsilon)
         self.autocast = False
 
-    def call(self, inputs):  # noqa: ANN001
+    def call(self, inputs):
         x, stats = inputs
         dtype = x.dtype
         x = ops.cast(x, "float32")
@@ -161,7 +161,7 @@ class GivenStatsNorm(layers.Layer):
         variance = ops.where(own, own_variance, variance)
         return ops.cast((x - mean) * ops.rsqrt(variance + self.epsilon), dtype)
 
-    def compute_output_shape(self, input_shapes):  # noqa: ANN001
+    def compute_output_shape(self, input_shapes):
         return input_shapes[0]
 
     def get_config(self) -> dict:
@@ -200,7 +200,7 @@ def tiled_model(net: keras.Model) -> keras.Model:
     image = keras.Input(shape=net.input.shape[1:], dtype=net.input.dtype, name="image")
     stats = keras.Input(shape=(stats_size(net),), dtype="float32", name="stats")
 
-    def call(layer: keras.layers.Layer, *args, **kwargs):  # noqa: ANN202
+    def call(layer: keras.layers.Layer, *args, **kwargs):
         if layer.name not in layout:
             return layer(*args, **kwargs)
         offset, channels = layout[layer.name]

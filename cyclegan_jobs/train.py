@@ -292,7 +292,7 @@ class Trainer:
         strategy, cg = self.strategy, self.cg
 
         @tf.function
-        def train_step(batch):  # noqa: ANN001 - strategy.run is a plain call by default
+        def train_step(batch):  # strategy.run is a plain call by default
             per_replica = strategy.run(cg.train_step, args=(batch,))
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
 

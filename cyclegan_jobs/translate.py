@@ -270,7 +270,7 @@ class Feed:
     def __call__(self) -> Iterator[dict[str, Any]]:
         try:
             yield from self._loaded()
-        except BaseException as err:  # noqa: BLE001 - handed to the driver, not lost
+        except BaseException as err:  # handed to the driver, not lost
             self.error = err
 
     def _loaded(self) -> Iterator[dict[str, Any]]:

@@ -124,7 +124,7 @@ class Producer:
                 if not self._put(item):
                     return
             self._put(self._END)
-        except BaseException as err:  # noqa: BLE001 - raised again in the consumer
+        except BaseException as err:  # raised again in the consumer
             self._put(err)
 
     def _put(self, obj: Any) -> bool:

@@ -48,7 +48,7 @@ def helps() -> dict[str, str]:
 
     parser = build_parser()
     out = {"": parser.format_help()}
-    sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    sub = next(a for a in parser._actions if a.dest == "command")
     for name, subparser in sub.choices.items():
         out[name] = subparser.format_help()
     return out

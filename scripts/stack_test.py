@@ -166,7 +166,7 @@ class Engine:
     def _start(self) -> None:
         if shutil.which("dockerd") is None or os.geteuid() != 0:
             raise StackTestError("the Docker engine is not running and this cannot start it")
-        log = open(tempfile.gettempdir() + "/stack-test-dockerd.log", "ab")  # noqa: SIM115
+        log = open(tempfile.gettempdir() + "/stack-test-dockerd.log", "ab")
         self.started = subprocess.Popen(["dockerd"], stdout=log, stderr=log)
         wait_for("dockerd", self._running, timeout=60, every=1)
         say(f"started dockerd (pid {self.started.pid})")
@@ -709,7 +709,7 @@ def stop_s3(stack: Stack) -> dict:
     def progressed() -> bool:
         try:
             return stylized(stack, out) > before
-        except Exception:  # noqa: BLE001 - S3 still starting
+        except Exception:  # S3 still starting
             return False
 
     wait_for("outputs after the outage", progressed, timeout=600, every=1)

@@ -51,7 +51,7 @@ def wait_for(
             result = check()
             if result:
                 return result
-        except Exception as err:  # noqa: BLE001 - a poll may fail before it succeeds
+        except Exception as err:  # a poll may fail before it succeeds
             last_error = err
         if time.monotonic() > deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""

@@ -26,7 +26,7 @@ def _fake_version(store: str, tmp_path: Path, name: str) -> None:
     registry.write_version(store, name, folder)
 
 
-def test_models_list_show_promote_rollback(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_models_list_show_promote_rollback(tmp_path: Path, capsys) -> None:
     store = str(tmp_path / "store")
     for name in ("v1", "v2"):
         _fake_version(store, tmp_path, name)
@@ -42,7 +42,7 @@ def test_models_list_show_promote_rollback(tmp_path: Path, capsys) -> None:  # n
     assert registry.promoted(store)["version"] == "v1"
 
 
-def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
     store = str(tmp_path / "store")
     assert main(["models", "promote", "v9", "--model-store", store]) == 2
     err = capsys.readouterr().err.strip()
@@ -71,7 +71,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:  
         ["translate", "--input", "i", "--output", "o", "--model", "m", "--tile", "100"],
     ],
 )
-def test_bad_arguments_are_refused_before_any_work(args: list[str], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bad_arguments_are_refused_before_any_work(args: list[str], tmp_path: Path, capsys) -> None:
     try:
         code = main(args)
     except SystemExit as exit_:  # argparse refuses choices and types itself
@@ -91,7 +91,7 @@ def test_size_is_read_as_users_and_the_nightly_form_write_it() -> None:
             parse_size(bad)
 
 
-def test_sample_data_command(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_sample_data_command(tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "data")
     assert main(["sample-data", "--out", out, "--n-a", "3", "--n-b", "2", "--size", "16"]) == 0
     summary = _last_json(capsys)

@@ -52,14 +52,14 @@ TRAIN_CONF = {
 }
 
 
-def _bucket(server) -> str:  # noqa: ANN001
+def _bucket(server) -> str:
     name = f"dag-{uuid.uuid4().hex[:12]}"
     server.client().create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
 @pytest.fixture(scope="module")
-def airflow(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: ANN001
+def airflow(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A migrated Airflow home with the pool, and the environment for its processes."""
     home = tmp_path_factory.mktemp("airflow")
     env = airflow_local.airflow_env(
@@ -102,7 +102,7 @@ def dag_test(env: dict, dag_id: str, conf: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(airflow: dict, s3_server) -> dict:  # noqa: ANN001
+def trained(airflow: dict, s3_server) -> dict:
     """cyclegan_retrain on fresh buckets: sample domains in, a promoted version out."""
     data, store = _bucket(s3_server), _bucket(s3_server)
     write_sample_domains(data, n_a=24, n_b=24, size=SIZE)
@@ -116,7 +116,7 @@ def trained(airflow: dict, s3_server) -> dict:  # noqa: ANN001
     return {"conf": conf, "result": result, "store": store}
 
 
-def _faces_bucket(server, n: int, bad: dict[str, bytes] | None = None) -> str:  # noqa: ANN001
+def _faces_bucket(server, n: int, bad: dict[str, bytes] | None = None) -> str:
     bucket = _bucket(server)
     for i, face in enumerate(synthetic_faces(n, SIZE, seed=11)):
         storage.write_bytes(f"{bucket}/in/face_{i:03d}.jpg", encode_jpeg(face))
@@ -125,7 +125,7 @@ def _faces_bucket(server, n: int, bad: dict[str, bytes] | None = None) -> str:  
     return bucket
 
 
-def _nightly_conf(trained: dict, bucket: str, **extra) -> dict:  # noqa: ANN003
+def _nightly_conf(trained: dict, bucket: str, **extra) -> dict:
     return {
         "input": f"{bucket}/in/",
         "output": f"{bucket}/out/",
@@ -440,7 +440,7 @@ def test_retrain_promotes_a_version(trained: dict) -> None:
 
 def test_nightly_writes_every_output_then_skips_everything(
     airflow: dict, trained: dict, s3_server
-) -> None:  # noqa: ANN001
+) -> None:
     bucket = _faces_bucket(s3_server, 6)
     conf = _nightly_conf(trained, bucket)
     first = dag_test(airflow, "cyclegan_nightly_translate", conf)
@@ -482,7 +482,7 @@ def test_nightly_writes_every_output_then_skips_everything(
 
 def test_nightly_with_size_native_keeps_every_inputs_own_shape(
     airflow: dict, trained: dict, s3_server
-) -> None:  # noqa: ANN001
+) -> None:
     """The form's size "native": each output has its input's upright size (a landscape, a
     portrait stored sideways with an EXIF rotation, a square), and the summary records it."""
     bucket = _bucket(s3_server)
@@ -509,7 +509,7 @@ def test_nightly_with_size_native_keeps_every_inputs_own_shape(
 
 def test_nightly_with_bad_files_passes_under_the_threshold_and_fails_above(
     airflow: dict, trained: dict, s3_server
-) -> None:  # noqa: ANN001
+) -> None:
     bad = {"broken.jpg": b"not an image at all", "empty.png": b""}
     bucket = _faces_bucket(s3_server, 4, bad)
     # This deployment's shards GET/decode and encode/PUT in 2 worker processes.
@@ -540,7 +540,7 @@ def test_nightly_with_bad_files_passes_under_the_threshold_and_fails_above(
 
 def test_nightly_without_a_promoted_model_fails_at_once_saying_why(
     airflow: dict, s3_server
-) -> None:  # noqa: ANN001
+) -> None:
     bucket = _faces_bucket(s3_server, 1)
     conf = {**_nightly_conf({"store": _bucket(s3_server)}, bucket)}
     result = dag_test(airflow, "cyclegan_nightly_translate", conf)
@@ -596,7 +596,7 @@ def test_forced_retrain_trains_and_a_refused_candidate_is_not_promoted(
 )
 def test_invalid_params_are_refused_before_any_task(
     airflow: dict, s3_server, bad: dict, message: str
-) -> None:  # noqa: ANN001
+) -> None:
     store = _bucket(s3_server)
     conf = {**TRAIN_CONF, "model_store": store, "force": True, **bad}
     done = _driver(airflow, "cyclegan_retrain", conf)

@@ -26,7 +26,7 @@ def compose(name: str = "compose.yaml") -> dict:
     return yaml.safe_load((DOCKER / name).read_text())
 
 
-def load_script(name: str):  # noqa: ANN201
+def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, DOCKER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -178,7 +178,7 @@ def test_runtime_package_leaves_out_the_local_tools() -> None:
         (["python", "/opt/cyclegan-jobs/airflow_init.py"], []),
     ],
 )  # fmt: skip
-def test_healthcheck_finds_the_component(cmdline: list[str], expected: list[str], tmp_path) -> None:  # noqa: ANN001
+def test_healthcheck_finds_the_component(cmdline: list[str], expected: list[str], tmp_path) -> None:
     health = load_script("airflow_health")
     proc = tmp_path / "cmdline"
     proc.write_bytes("\0".join(cmdline).encode() + b"\0")

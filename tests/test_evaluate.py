@@ -116,7 +116,7 @@ def test_gate_decisions(world: dict) -> None:
     assert recorded["passed"] is False and recorded["reasons"] == worse["reasons"]
 
 
-def test_evaluate_and_gate_on_s3(world: dict, s3_bucket: str, capsys) -> None:  # noqa: ANN001
+def test_evaluate_and_gate_on_s3(world: dict, s3_bucket: str, capsys) -> None:
     store = f"{s3_bucket}/models"
     local = Path(world["trained"])
     registry.write_version(store, "v-s3", _without_marker(local))

@@ -9,7 +9,7 @@ import pytest
 from cyclegan_local.local_default import run_local_default
 
 
-def test_local_default_runs_end_to_end_then_skips(aws_env, tmp_path: Path) -> None:  # noqa: ANN001
+def test_local_default_runs_end_to_end_then_skips(aws_env, tmp_path: Path) -> None:
     first = run_local_default(tmp_path / "var", size=32, n_faces=4, epochs=1)
     assert first["trained"] is True
     assert first["counts"]["ok"] == 4 and first["counts"]["failed"] == 0
@@ -27,7 +27,7 @@ FIRST_RESULT_GAIN_DB, FIRST_RESULT_CYCLE_DB, FIRST_RESULT_CHECKERBOARD_DB = 5.0,
 
 
 @pytest.mark.slow
-def test_the_first_result_at_make_runs_settings_looks_right(aws_env, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_first_result_at_make_runs_settings_looks_right(aws_env, tmp_path: Path) -> None:
     """`make run`'s retrain (the tiny preset's defaults, TRAIN_SIZE px, TRAIN_EPOCHS; the retrain
     DAG's form leaves batch size, learning rate and selection to the preset, as here), then the
     translation of the 32 sample faces, scored as `make run` prints it."""

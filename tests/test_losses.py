@@ -12,7 +12,7 @@ from cyclegan_jobs import losses
 from cyclegan_jobs.config import LossConfig, preset
 
 
-def _t(values) -> tf.Tensor:  # noqa: ANN001
+def _t(values) -> tf.Tensor:
     return tf.constant(np.asarray(values, dtype="float32"))
 
 

@@ -36,7 +36,7 @@ def _compiled(preset_name: str, precision: str = "float32", **model_changes) -> 
         ("paper", "float32", {"gen_filters": 4, "disc_filters": 4, "res_blocks": 2}),
     ],
 )
-def test_one_step_changes_every_trainable_weight(preset_name, precision, changes) -> None:  # noqa: ANN001
+def test_one_step_changes_every_trainable_weight(preset_name, precision, changes) -> None:
     cg = _compiled(preset_name, precision, **changes)
     a, b = _batch(32, 0), _batch(32, 1)
     cg.gen_ab(a), cg.gen_ba(b), cg.disc_a(a), cg.disc_b(b)  # build

@@ -139,7 +139,7 @@ def test_translate_with_a_damaged_pointer(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_damaged_pointer_in_s3(moto_s3: str, model_files: Path, capsys) -> None:  # noqa: ANN001
+def test_a_damaged_pointer_in_s3(moto_s3: str, model_files: Path, capsys) -> None:
     store = f"{moto_s3}/models"
     registry.write_version(store, "v1", model_files)
     storage.write_bytes(f"{store}/PROMOTED.json", b'{"previous": null}')
@@ -210,7 +210,7 @@ def test_damaged_history_events_are_skipped(
 # --- model files -------------------------------------------------------------------------------
 
 
-def _rewrite_config(path: Path, edit) -> None:  # noqa: ANN001
+def _rewrite_config(path: Path, edit) -> None:
     """Rewrite config.json inside a .keras zip with `edit(config)`."""
     with zipfile.ZipFile(path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
@@ -222,7 +222,7 @@ def _rewrite_config(path: Path, edit) -> None:  # noqa: ANN001
             archive.writestr(name, data)
 
 
-def _os_system(marker: Path):  # noqa: ANN202
+def _os_system(marker: Path):
     def edit(config: dict) -> None:
         layer = config["config"]["layers"][1]
         layer.update(module="os", class_name="system", registered_name=None)

@@ -299,7 +299,7 @@ def test_checkerboard_benchmark_scores_stored_versions_and_draws(tmp_path) -> No
 @pytest.mark.parametrize("mode", ["transpose", "resize"])
 def test_input_skip_feeds_the_input_image_to_a_full_resolution_last_conv(
     mode: str, tmp_path
-) -> None:  # noqa: ANN001
+) -> None:
     cfg = dataclasses.replace(preset("tiny", 32)[0], upsample=mode, input_skip=True)
     g, plain = build_generator(cfg), build_generator(dataclasses.replace(cfg, input_skip=False))
     skip = g.get_layer("skip_input")
@@ -323,7 +323,7 @@ def test_input_skip_feeds_the_input_image_to_a_full_resolution_last_conv(
 
 
 @pytest.mark.parametrize("skip", [False, True])
-def test_a_residual_generator_starts_near_the_identity(skip: bool, tmp_path) -> None:  # noqa: ANN001
+def test_a_residual_generator_starts_near_the_identity(skip: bool, tmp_path) -> None:
     cfg = dataclasses.replace(preset("tiny", 32)[0], residual=True, input_skip=skip)
     g = build_generator(cfg)
     x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")

@@ -65,7 +65,7 @@ def _image(height: int, width: int) -> np.ndarray:
     return np.clip(x, -1, 1).astype(np.float32)[None]
 
 
-def _stitched(run, image: np.ndarray, grid: Grid) -> np.ndarray:  # noqa: ANN001
+def _stitched(run, image: np.ndarray, grid: Grid) -> np.ndarray:
     tiles = np.stack(list(cut(image[0], grid)))
     out = np.zeros(image.shape[1:], np.float32)
     for i, t in enumerate(np.asarray(run(tiles))):
@@ -131,7 +131,7 @@ def test_tiles_with_whole_image_stats_equal_the_whole_image_and_per_tile_stats_d
     small = downscale(_uint8(image[0]), 288)[None] / 127.5 - 1.0  # 3/4 size
     downscaled = norm_stats.stats_model(net)(small.astype(np.float32)).numpy()
 
-    def with_stats(stats: np.ndarray):  # noqa: ANN202
+    def with_stats(stats: np.ndarray):
         return lambda tiles: tiled([tiles, np.repeat(stats, len(tiles), 0)], training=False)
 
     errors = {
@@ -207,7 +207,7 @@ def test_presets_without_instance_norm_need_no_stats() -> None:
         norm_stats.stats_model(net)
 
 
-def test_the_tiled_model_saves_and_loads_in_safe_mode(tmp_path) -> None:  # noqa: ANN001
+def test_the_tiled_model_saves_and_loads_in_safe_mode(tmp_path) -> None:
     net = _paper_generator()
     tiled = norm_stats.tiled_model(net)
     path = tmp_path / "tiled.keras"

@@ -19,7 +19,7 @@ def _box_sum(image: np.ndarray, reach: int) -> np.ndarray:
     return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
 
 
-def _tiled(image: np.ndarray, grid: Grid, op) -> np.ndarray:  # noqa: ANN001
+def _tiled(image: np.ndarray, grid: Grid, op) -> np.ndarray:
     out = np.zeros(image.shape, np.int64)
     for i, tile in enumerate(cut(image, grid)):
         assert tile.shape[:2] == (grid.tile, grid.tile)

@@ -64,7 +64,7 @@ def af(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 
 
 @pytest.fixture
-def at(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def at(monkeypatch: pytest.MonkeyPatch):
     """`at(when)` freezes the clock the cron trigger timetables read."""
 
     def freeze(when: pendulum.DateTime) -> None:
@@ -73,7 +73,7 @@ def at(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     return freeze
 
 
-def _next(timetable, *, last=None, earliest=START, latest=None, catchup=False):  # noqa: ANN001, ANN202
+def _next(timetable, *, last=None, earliest=START, latest=None, catchup=False):
     from airflow.timetables.base import DataInterval, TimeRestriction
 
     interval = None if last is None else DataInterval(last, last)
@@ -83,7 +83,7 @@ def _next(timetable, *, last=None, earliest=START, latest=None, catchup=False): 
     )
 
 
-def _stock(cron: str):  # noqa: ANN202
+def _stock(cron: str):
     """What Airflow makes of `schedule="<cron>"` (airflow/serialization/encoders.py)."""
     from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -97,13 +97,13 @@ OLD_RUN = pendulum.datetime(2026, 5, 1, 2, tz=UTC)  # the last scheduled run, be
 
 
 @pytest.mark.parametrize("last", [None, OLD_RUN], ids=["never-run", "paused-since-May"])
-def test_stock_cron_trigger_offers_the_past_tick_without_catchup(af, at, last) -> None:  # noqa: ANN001
+def test_stock_cron_trigger_offers_the_past_tick_without_catchup(af, at, last) -> None:
     # What unpausing a DAG with a start_date does today: a run for 02:00, 12.5 hours late.
     at(NOW)
     assert _next(_stock(DAILY), last=last).run_after == PAST_TICK
 
 
-def test_stock_cron_trigger_waits_only_without_start_date_or_runs(af, at) -> None:  # noqa: ANN001
+def test_stock_cron_trigger_waits_only_without_start_date_or_runs(af, at) -> None:
     # run_immediately=False only applies with no start_date and no run (trigger.py, the
     # `elif restriction.earliest is None` branch); our DAGs have a start_date.
     at(NOW)
@@ -112,7 +112,7 @@ def test_stock_cron_trigger_waits_only_without_start_date_or_runs(af, at) -> Non
 
 @pytest.mark.parametrize("earliest", [START, None], ids=["start-date", "no-start-date"])
 @pytest.mark.parametrize("last", [None, OLD_RUN], ids=["never-run", "paused-since-May"])
-def test_next_tick_timetable_skips_the_missed_tick(af, at, last, earliest) -> None:  # noqa: ANN001
+def test_next_tick_timetable_skips_the_missed_tick(af, at, last, earliest) -> None:
     at(NOW)
     info = _next(af.tt.schedule_for(DAILY), last=last, earliest=earliest)
     assert info.run_after == NEXT_TICK
@@ -120,7 +120,7 @@ def test_next_tick_timetable_skips_the_missed_tick(af, at, last, earliest) -> No
     assert info.logical_date == NEXT_TICK
 
 
-def test_after_a_scheduled_run_the_next_is_the_following_tick(af, at) -> None:  # noqa: ANN001
+def test_after_a_scheduled_run_the_next_is_the_following_tick(af, at) -> None:
     at(PAST_TICK.add(seconds=5))  # the scheduler has just created the 02:00 run
     assert _next(af.tt.schedule_for(DAILY), last=PAST_TICK).run_after == NEXT_TICK
 
@@ -137,13 +137,13 @@ def test_after_a_scheduled_run_the_next_is_the_following_tick(af, at) -> None:  
         (datetime.timedelta(minutes=5, seconds=1), NEXT_TICK),
     ],
 )
-def test_a_tick_within_the_grace_window_still_runs(af, at, late, expected) -> None:  # noqa: ANN001
+def test_a_tick_within_the_grace_window_still_runs(af, at, late, expected) -> None:
     at(PAST_TICK + late)
     assert _next(af.tt.schedule_for(DAILY)).run_after == expected
     assert _next(af.tt.schedule_for(DAILY), last=OLD_RUN).run_after == expected
 
 
-def test_grace_is_configurable(af, at) -> None:  # noqa: ANN001
+def test_grace_is_configurable(af, at) -> None:
     at(PAST_TICK.add(minutes=20))
     assert _next(af.tt.schedule_for(DAILY)).run_after == NEXT_TICK
     half_hour = af.tt.schedule_for(DAILY, grace=datetime.timedelta(minutes=30))
@@ -152,7 +152,7 @@ def test_grace_is_configurable(af, at) -> None:  # noqa: ANN001
         af.tt.NextTickCronTimetable(DAILY, timezone="UTC", grace=datetime.timedelta(seconds=-1))
 
 
-def test_start_date_end_date_and_data_interval_are_honoured(af, at) -> None:  # noqa: ANN001
+def test_start_date_end_date_and_data_interval_are_honoured(af, at) -> None:
     at(NOW)
     later_start = pendulum.datetime(2026, 7, 1, 0, 30, tz=UTC)
     assert _next(af.tt.schedule_for(DAILY), earliest=later_start).run_after == later_start.add(
@@ -171,7 +171,7 @@ def test_start_date_end_date_and_data_interval_are_honoured(af, at) -> None:  # 
 @pytest.mark.parametrize("earliest", [START, None], ids=["start-date", "no-start-date"])
 @pytest.mark.parametrize("last", [None, OLD_RUN, PAST_TICK], ids=["never", "may", "today"])
 @pytest.mark.parametrize("cron", [DAILY, "@weekly", "*/15 * * * *"])
-def test_catchup_behaves_exactly_like_cron_trigger(af, at, cron, last, earliest) -> None:  # noqa: ANN001
+def test_catchup_behaves_exactly_like_cron_trigger(af, at, cron, last, earliest) -> None:
     at(NOW)
     ours = _next(af.tt.schedule_for(cron), last=last, earliest=earliest, catchup=True)
     assert ours == _next(_stock(cron), last=last, earliest=earliest, catchup=True)
@@ -181,7 +181,7 @@ def test_catchup_behaves_exactly_like_cron_trigger(af, at, cron, last, earliest)
 # --- (d) serialization and the plugin ----------------------------------------------------------
 
 
-def test_serialize_round_trip_keeps_every_field(af) -> None:  # noqa: ANN001
+def test_serialize_round_trip_keeps_every_field(af) -> None:
     timetable = af.tt.NextTickCronTimetable(
         "30 21 * * 5",
         timezone="Europe/Berlin",
@@ -196,7 +196,7 @@ def test_serialize_round_trip_keeps_every_field(af) -> None:  # noqa: ANN001
     assert again != af.tt.schedule_for("30 21 * * 5", timezone="Europe/Berlin")  # grace differs
 
 
-def test_the_plugin_registers_the_timetable(af) -> None:  # noqa: ANN001
+def test_the_plugin_registers_the_timetable(af) -> None:
     from airflow.serialization.decoders import decode_timetable
     from airflow.serialization.encoders import encode_timetable
 
@@ -208,7 +208,7 @@ def test_the_plugin_registers_the_timetable(af) -> None:  # noqa: ANN001
     assert type(decoded) is registered and decoded == timetable
 
 
-def _dag(tt: ModuleType):  # noqa: ANN202
+def _dag(tt: ModuleType):
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG
 
@@ -223,7 +223,7 @@ def _dag(tt: ModuleType):  # noqa: ANN202
     return dag
 
 
-def test_a_dag_using_it_serializes_and_schedules_the_next_tick(af, at) -> None:  # noqa: ANN001
+def test_a_dag_using_it_serializes_and_schedules_the_next_tick(af, at) -> None:
     # The DAG processor's and the scheduler's path: DAG -> JSON -> SerializedDAG.
     from airflow.serialization.serialized_objects import DagSerialization
 
@@ -239,7 +239,7 @@ def test_a_dag_using_it_serializes_and_schedules_the_next_tick(af, at) -> None: 
     assert serdag.next_dagrun_info(last_automated_run_info=None).run_after == NEXT_TICK
 
 
-def test_without_the_plugin_airflow_refuses_the_dag(af, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_without_the_plugin_airflow_refuses_the_dag(af, tmp_path, monkeypatch) -> None:
     import airflow.settings
     from airflow.serialization.serialized_objects import DagSerialization
 
@@ -256,7 +256,7 @@ def test_without_the_plugin_airflow_refuses_the_dag(af, tmp_path, monkeypatch) -
 # --- (e) presets and the helper ------------------------------------------------------------------
 
 
-def test_weekly_preset(af, at) -> None:  # noqa: ANN001
+def test_weekly_preset(af, at) -> None:
     at(NOW)  # Wednesday; @weekly ticks on Sundays at 00:00
     last_sunday = pendulum.datetime(2026, 6, 7, tz=UTC)
     next_sunday = pendulum.datetime(2026, 6, 14, tz=UTC)
@@ -276,12 +276,12 @@ def test_weekly_preset(af, at) -> None:  # noqa: ANN001
         ("@monthly", pendulum.datetime(2026, 7, 1, tz=UTC)),
     ],
 )
-def test_other_presets(af, at, preset, expected) -> None:  # noqa: ANN001
+def test_other_presets(af, at, preset, expected) -> None:
     at(NOW)
     assert _next(af.tt.schedule_for(preset)).run_after == expected
 
 
-def test_schedule_for(af) -> None:  # noqa: ANN001
+def test_schedule_for(af) -> None:
     from airflow.exceptions import AirflowTimetableInvalid
 
     for nothing in (None, "", "   "):

@@ -86,7 +86,7 @@ def _assert_same_training(reference: dict, summary: dict, store: str, run_id: st
     assert sorted(_iterations(reference["store"], "full", tmp).values()) == [8, 8, 8]
 
 
-def test_exact_resume_from_local_checkpoint(sample, uninterrupted, tmp_path) -> None:  # noqa: ANN001
+def test_exact_resume_from_local_checkpoint(sample, uninterrupted, tmp_path) -> None:
     store, work = str(tmp_path / "store"), str(tmp_path / "work")
     (tmp_path / "ref").mkdir(), (tmp_path / "got").mkdir()
     cfg = _cfg(sample, store, epochs=2, steps_per_epoch=4, deterministic=True, run_id="r1")
@@ -99,7 +99,7 @@ def test_exact_resume_from_local_checkpoint(sample, uninterrupted, tmp_path) -> 
     _assert_same_training(uninterrupted, second, store, "r1", tmp_path)
 
 
-def test_exact_resume_from_s3_into_an_empty_work_dir(sample, uninterrupted, s3_bucket, tmp_path):  # noqa: ANN001
+def test_exact_resume_from_s3_into_an_empty_work_dir(sample, uninterrupted, s3_bucket, tmp_path):
     store = f"{s3_bucket}/models"
     (tmp_path / "ref").mkdir(), (tmp_path / "got").mkdir()
     cfg = _cfg(sample, store, epochs=2, steps_per_epoch=4, deterministic=True, run_id="r2")
@@ -115,7 +115,7 @@ def test_exact_resume_from_s3_into_an_empty_work_dir(sample, uninterrupted, s3_b
     assert len(registry.list_versions(store)) == 1
 
 
-def test_version_contents_and_reload(uninterrupted, tmp_path) -> None:  # noqa: ANN001
+def test_version_contents_and_reload(uninterrupted, tmp_path) -> None:
     summary, store = uninterrupted["summary"], uninterrupted["store"]
     version = registry.get_version(store, summary["version"])
     files = set(version["files"])
@@ -140,7 +140,7 @@ def test_version_contents_and_reload(uninterrupted, tmp_path) -> None:  # noqa: 
     assert not np.allclose(gens["generator_AB"](x).numpy(), gens["generator_BA"](x).numpy())
 
 
-def test_sample_pictures_are_written(uninterrupted) -> None:  # noqa: ANN001
+def test_sample_pictures_are_written(uninterrupted) -> None:
     from cyclegan_jobs.images import decode_image
 
     vuri = uninterrupted["summary"]["version_uri"]
@@ -152,7 +152,7 @@ def test_sample_pictures_are_written(uninterrupted) -> None:  # noqa: ANN001
     assert [json.loads(line)["step"] for line in history] == [2, 4, 6, 8]
 
 
-def test_non_finite_loss_stops_without_a_version(sample, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_non_finite_loss_stops_without_a_version(sample, tmp_path, monkeypatch) -> None:
     mse = losses.mse
     monkeypatch.setattr(losses, "mse", lambda a, b: mse(a, b) * float("nan"))
     store = str(tmp_path / "store")
@@ -162,7 +162,7 @@ def test_non_finite_loss_stops_without_a_version(sample, tmp_path, monkeypatch) 
     assert not (tmp_path / "store" / "versions").exists()
 
 
-def test_clear_errors_for_bad_data(sample, tmp_path) -> None:  # noqa: ANN001
+def test_clear_errors_for_bad_data(sample, tmp_path) -> None:
     store = str(tmp_path / "store")
     with pytest.raises(DataError, match="no-such-folder"):
         train(_cfg(sample, store, domain_a=str(tmp_path / "no-such-folder")))
@@ -175,7 +175,7 @@ def test_clear_errors_for_bad_data(sample, tmp_path) -> None:  # noqa: ANN001
     assert registry.list_versions(store) == []
 
 
-def test_resume_with_other_settings_is_refused(sample, tmp_path) -> None:  # noqa: ANN001
+def test_resume_with_other_settings_is_refused(sample, tmp_path) -> None:
     store = str(tmp_path / "store")
     cfg = _cfg(sample, store, epochs=1, steps_per_epoch=2, run_id="same", stop_after=1)
     train(cfg)
@@ -200,7 +200,7 @@ print(json.dumps(train(cfg, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "
 """
 
 
-def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:  # noqa: ANN001
+def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:
     # No GPUs here: two logical CPU devices exercise the same replica code path.
     import subprocess
     import sys
@@ -220,7 +220,7 @@ def test_mirrored_strategy_over_two_devices(sample, tmp_path) -> None:  # noqa: 
     assert np.isfinite(summary["final_losses"]["g_loss"])
 
 
-def test_time_budget_finishes_early_with_a_version(sample, tmp_path, caplog) -> None:  # noqa: ANN001
+def test_time_budget_finishes_early_with_a_version(sample, tmp_path, caplog) -> None:
     # A budget of 0.6 s is spent by the first step (it includes compiling the step).
     cfg = _cfg(sample, str(tmp_path / "store"), epochs=50, steps_per_epoch=10, max_minutes=0.01)
     caplog.set_level(logging.INFO, logger="cyclegan_jobs")
@@ -247,7 +247,7 @@ SABOTAGE_AT, SELECT_EVERY = 8, 4
 class _Sabotage(hooks.Hook):
     """From step SABOTAGE_AT on, a learning rate 50x too high: every later step is worse."""
 
-    def after_step(self, t, logs) -> None:  # noqa: ANN001
+    def after_step(self, t, logs) -> None:
         if t.step >= SABOTAGE_AT:
             t.cg.g_optimizer.learning_rate = 0.05
             t.cg.d_optimizer.learning_rate = 0.05
@@ -275,7 +275,7 @@ def selected(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"store": store, "summary": summary}
 
 
-def test_selection_exports_the_earlier_better_weights(selected, sample, tmp_path) -> None:  # noqa: ANN001
+def test_selection_exports_the_earlier_better_weights(selected, sample, tmp_path) -> None:
     from cyclegan_jobs.datasets import load_domain
     from cyclegan_jobs.evaluate import selection_metrics
     from cyclegan_jobs.inference import Generators
@@ -319,7 +319,7 @@ def test_selection_exports_the_earlier_better_weights(selected, sample, tmp_path
     assert len(in_ckpt) > 20 and sum(same) < len(in_ckpt) / 2, (sum(same), len(in_ckpt))
 
 
-def test_resume_keeps_the_best_so_far(selected, sample, tmp_path) -> None:  # noqa: ANN001
+def test_resume_keeps_the_best_so_far(selected, sample, tmp_path) -> None:
     store = str(tmp_path / "store")
     cfg = _selection_cfg(sample, store, "sel2")
     sabotage = (_Sabotage(),)

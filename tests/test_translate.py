@@ -74,7 +74,7 @@ def _manifest(summary: dict) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:  # noqa: ANN001
+def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:
     inp, out = f"{s3_bucket}/in", f"{s3_bucket}/out"
     rels = _put_faces(inp, 10)
     before = {o.rel: (o.etag, o.size) for o in storage.list_objects(inp)}
@@ -108,7 +108,7 @@ def test_every_input_gets_outputs_with_metadata(model_store, s3_bucket) -> None:
     assert Path(summary["contact_sheet_local"]).is_file()
 
 
-def test_rerun_skips_changed_input_redone_new_model_with_scope_all(model_store, tmp_path) -> None:  # noqa: ANN001
+def test_rerun_skips_changed_input_redone_new_model_with_scope_all(model_store, tmp_path) -> None:
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     _put_faces(inp, 6)
     first = translate(_cfg(inp, out, model_store))
@@ -137,7 +137,7 @@ def test_rerun_skips_changed_input_redone_new_model_with_scope_all(model_store, 
     assert meta["model-version"] == "v-second"
 
 
-def test_shards_are_disjoint_and_cover_everything(model_store, tmp_path) -> None:  # noqa: ANN001
+def test_shards_are_disjoint_and_cover_everything(model_store, tmp_path) -> None:
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     rels = _put_faces(inp, 12)
     done: list[str] = []
@@ -149,7 +149,7 @@ def test_shards_are_disjoint_and_cover_everything(model_store, tmp_path) -> None
     assert sorted(done) == sorted(rels)  # no key twice, none missing
 
 
-def test_dry_run_counts_and_writes_nothing(model_store, tmp_path) -> None:  # noqa: ANN001
+def test_dry_run_counts_and_writes_nothing(model_store, tmp_path) -> None:
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     _put_faces(inp, 5)
     summary = translate(_cfg(inp, out, model_store, dry_run=True))
@@ -172,7 +172,7 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("name", sorted(_bad_inputs()))
-def test_each_bad_input_fails_alone_with_a_reason(name, model_store, tmp_path) -> None:  # noqa: ANN001
+def test_each_bad_input_fails_alone_with_a_reason(name, model_store, tmp_path) -> None:
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     data, reason = _bad_inputs()[name]
     storage.write_bytes(f"{inp}/{name}", data)
@@ -184,7 +184,7 @@ def test_each_bad_input_fails_alone_with_a_reason(name, model_store, tmp_path) -
     assert summary["status"] == "ok"  # 1 of 3 under a 50 % threshold
 
 
-def test_mixed_bucket_threshold_and_exit_code(model_store, s3_bucket, capsys) -> None:  # noqa: ANN001
+def test_mixed_bucket_threshold_and_exit_code(model_store, s3_bucket, capsys) -> None:
     inp, out = f"{s3_bucket}/mixed", f"{s3_bucket}/mixed-out"
     _put_faces(inp, 4)
     for name, (data, _) in _bad_inputs().items():
@@ -201,7 +201,7 @@ def test_mixed_bucket_threshold_and_exit_code(model_store, s3_bucket, capsys) ->
     assert main([*args, "--max-failure-rate", "0.7", "--scope", "all"]) == 0
 
 
-def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path) -> None:  # noqa: ANN001
+def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path) -> None:
     inp, out = f"{moto_s3}/in", tmp_path / "out"
     _put_faces(inp, 1)
     storage.write_bytes(f"{inp}/a/../../../escape.jpg", _jpeg(synthetic_faces(1, 40, seed=2)[0]))
@@ -215,7 +215,7 @@ def test_keys_cannot_escape_a_local_output_folder(model_store, moto_s3, tmp_path
     assert unsafe_reason("people/ünïcode name.jpg") is None
 
 
-def test_systemic_errors_before_any_work(model_store, s3_server, s3_bucket, tmp_path, capsys):  # noqa: ANN001
+def test_systemic_errors_before_any_work(model_store, s3_server, s3_bucket, tmp_path, capsys):
     out = str(tmp_path / "out")
     (tmp_path / "in").mkdir()  # beside the output: an output inside the input is refused
     with pytest.raises(TranslateError, match="no promoted version"):
@@ -264,7 +264,7 @@ def _flaky(client: object, rate: float, seed: int) -> list[str]:
     return seen
 
 
-def test_transient_s3_faults_lose_no_image(model_store, moto_s3) -> None:  # noqa: ANN001
+def test_transient_s3_faults_lose_no_image(model_store, moto_s3) -> None:
     inp, out = f"{moto_s3}/in", f"{moto_s3}/out"
     rels = _put_faces(inp, 12)
     seen = _flaky(storage.get_client(), rate=0.15, seed=7)
@@ -275,7 +275,7 @@ def test_transient_s3_faults_lose_no_image(model_store, moto_s3) -> None:  # noq
     assert sorted(_outputs(out)["reconstructed"]) == sorted(r[:-4] + ".png" for r in rels)
 
 
-def test_kill_9_then_rerun_leaves_exactly_one_output_each(model_store, s3_server, s3_bucket):  # noqa: ANN001
+def test_kill_9_then_rerun_leaves_exactly_one_output_each(model_store, s3_server, s3_bucket):
     inp, out = f"{s3_bucket}/many", f"{s3_bucket}/many-out"
     rels = _put_faces(inp, 240, size=SIZE)
     args = [sys.executable, "-m", "cyclegan_jobs.cli", "translate", "--input", inp]
@@ -300,7 +300,7 @@ def test_kill_9_then_rerun_leaves_exactly_one_output_each(model_store, s3_server
     assert summary["counts"]["ok"] + summary["counts"]["skipped"] == 240
 
 
-def test_keep_size_and_odd_inputs_come_out_upright_rgb(model_store, tmp_path) -> None:  # noqa: ANN001
+def test_keep_size_and_odd_inputs_come_out_upright_rgb(model_store, tmp_path) -> None:
     inp, out = tmp_path / "in", str(tmp_path / "out")
     inp.mkdir()
     Image.new("L", (50, 30), 128).save(inp / "gray.png")
@@ -317,7 +317,7 @@ def test_keep_size_and_odd_inputs_come_out_upright_rgb(model_store, tmp_path) ->
             assert picture.mode == "RGB" and picture.size == (w, h), (name, kind)
 
 
-def test_bfloat16_matches_float32(model_store, tmp_path) -> None:  # noqa: ANN001
+def test_bfloat16_matches_float32(model_store, tmp_path) -> None:
     inp = str(tmp_path / "in")
     _put_faces(inp, 8, size=SIZE)
     outs = {}
@@ -363,8 +363,8 @@ print("same")
 @pytest.mark.parametrize("preset_name", ["tiny", "paper"])
 def test_mirrored_inference_splits_batches_across_devices(
     preset_name: str,
-    model_store,  # noqa: ANN001
-    tmp_path,  # noqa: ANN001
+    model_store,
+    tmp_path,
 ) -> None:
     """No GPUs here: two logical CPU devices take the same replica code path (5 = 3 + 2
     images); the paper preset's rows of statistics are split with their tiles."""
@@ -382,7 +382,7 @@ def test_mirrored_inference_splits_batches_across_devices(
 
 def test_native_size_keeps_each_shape_and_tiles_stitch_like_whole_pictures(
     model_store,
-    tmp_path,  # noqa: ANN001
+    tmp_path,
 ) -> None:
     """--size native: a panorama, a 4:3 photo and a 37x23 thumbnail come back at their own size.
     In tiles of 192 with a margin of 80 (the U-Net's reach is 79) the stylized pictures equal
@@ -415,7 +415,7 @@ def test_native_size_keeps_each_shape_and_tiles_stitch_like_whole_pictures(
 
 def test_pictures_larger_than_the_pixel_budget_go_through_one_at_a_time(
     model_store,
-    tmp_path,  # noqa: ANN001
+    tmp_path,
 ) -> None:
     """A budget smaller than one picture lets one picture in at a time, and it stays held (its
     input and outputs) until it is stored. Its 4 tiles do not fill a batch of 32: the feed must
@@ -440,7 +440,7 @@ def test_pictures_larger_than_the_pixel_budget_go_through_one_at_a_time(
 
 def test_the_size_setting_is_part_of_up_to_date_under_scope_all(
     random_model_store,
-    tmp_path,  # noqa: ANN001
+    tmp_path,
 ) -> None:
     """A rerun with the same size skips; another size redoes the outputs under --scope all (and
     the summary says why), not under --scope new; outputs recorded before sizes were count as
@@ -470,7 +470,7 @@ def test_the_size_setting_is_part_of_up_to_date_under_scope_all(
 
 
 def test_the_paper_preset_goes_through_in_tiles_with_the_whole_pictures_statistics(
-    tmp_path,  # noqa: ANN001
+    tmp_path,
 ) -> None:
     """InstanceNorm in tiles: every tile of a picture takes the statistics of the picture's
     copy of at most --stats-side px. With the copy at full size and a margin covering the
@@ -519,7 +519,7 @@ def test_the_paper_preset_goes_through_in_tiles_with_the_whole_pictures_statisti
 
 def test_native_and_long_side_sizes_keep_every_kind_of_inputs_aspect(
     random_model_store,
-    tmp_path,  # noqa: ANN001
+    tmp_path,
 ) -> None:
     """--size native: each output has its input's upright size; --size N: long side N, the
     input's aspect (rounded). Among the inputs a 3000x800 panorama (3 tiles of 1088), a 16-bit

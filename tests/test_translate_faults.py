@@ -172,7 +172,7 @@ def _bounded(fn: Callable[[], Any], timeout: float = 120.0) -> Any:
     def target() -> None:
         try:
             box["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+        except BaseException as err:  # re-raised in the test's thread
             box["error"] = err
 
     thread = threading.Thread(target=target, daemon=True)

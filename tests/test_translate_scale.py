@@ -58,12 +58,12 @@ def _cfg(inp: str, out: str, model: str, **changes) -> TranslateConfig:
 class RequestCounter:
     """Counts the S3 requests the storage client sends, by operation (botocore's event hooks)."""
 
-    def __init__(self, client) -> None:  # noqa: ANN001
+    def __init__(self, client) -> None:
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
         client.meta.events.register("before-send.s3.*", self._count)
 
-    def _count(self, request, **kwargs) -> None:  # noqa: ANN001
+    def _count(self, request, **kwargs) -> None:
         operation = kwargs.get("event_name", "").split(".")[-1]
         with self._lock:
             self.calls[operation] += 1
@@ -73,7 +73,7 @@ class RequestCounter:
         return sum(self.calls.values())
 
 
-def test_a_no_op_rerun_costs_listings_not_heads(store, s3_bucket) -> None:  # noqa: ANN001
+def test_a_no_op_rerun_costs_listings_not_heads(store, s3_bucket) -> None:
     n = 3000
     inp, out = f"{s3_bucket}/in", f"{s3_bucket}/out"
     _put_many(inp, n)
@@ -90,7 +90,7 @@ def test_a_no_op_rerun_costs_listings_not_heads(store, s3_bucket) -> None:  # no
     assert counter.calls["HeadObject"] == 0, dict(counter.calls)
 
 
-def test_outputs_without_a_ledger_are_recognised_once_then_adopted(store, moto_s3) -> None:  # noqa: ANN001
+def test_outputs_without_a_ledger_are_recognised_once_then_adopted(store, moto_s3) -> None:
     inp, out = f"{moto_s3}/in", f"{moto_s3}/out"
     _put_many(inp, 12)
     assert translate(_cfg(inp, out, store))["counts"]["ok"] == 12
@@ -103,7 +103,7 @@ def test_outputs_without_a_ledger_are_recognised_once_then_adopted(store, moto_s
     assert adopted["counts"]["skipped"] == 12 and adopted["head_requests"] == 0
 
 
-def test_the_ledger_never_vouches_for_an_output_changed_since(store, tmp_path) -> None:  # noqa: ANN001
+def test_the_ledger_never_vouches_for_an_output_changed_since(store, tmp_path) -> None:
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     _put_many(inp, 6)
     assert translate(_cfg(inp, out, store))["counts"]["ok"] == 6
@@ -117,7 +117,7 @@ def test_the_ledger_never_vouches_for_an_output_changed_since(store, tmp_path) -
     assert redo["counts"]["ok"] == 1 and redo["counts"]["skipped"] == 5
 
 
-def test_ledger_segments_are_compacted(store, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_ledger_segments_are_compacted(store, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(ledger, "COMPACT_AFTER", 3)
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     for i in range(4):  # one new input a run: one new segment a run
@@ -130,7 +130,7 @@ def test_ledger_segments_are_compacted(store, tmp_path, monkeypatch) -> None:  #
     assert final["counts"]["skipped"] == 4 and final["head_requests"] == 0
 
 
-def test_inputs_that_would_share_outputs_fail_the_same_way_every_run(store, tmp_path) -> None:  # noqa: ANN001
+def test_inputs_that_would_share_outputs_fail_the_same_way_every_run(store, tmp_path) -> None:
     inp, out = _mkdir(str(tmp_path / "in")), str(tmp_path / "out")
     for name in ("face.jpg", "face.png", "face.webp", "other.jpg"):
         Image.open(io.BytesIO(_jpeg((SIZE, SIZE), 1))).save(inp / name)
@@ -161,7 +161,7 @@ def _manifest(summary: dict) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_keep_size_restores_big_and_rotated_jpegs(store, tmp_path) -> None:  # noqa: ANN001
+def test_keep_size_restores_big_and_rotated_jpegs(store, tmp_path) -> None:
     inp, out = _mkdir(str(tmp_path / "in")), str(tmp_path / "out")
     # 8x and 20x the model's size: big enough for JPEG draft decoding at 1/4 and 1/8.
     (inp / "wide.jpg").write_bytes(_jpeg((640, 256), 1))
@@ -186,7 +186,7 @@ def test_keep_size_restores_big_and_rotated_jpegs(store, tmp_path) -> None:  # n
     assert sizes["phone.jpg"] == (768, 1024)
 
 
-def test_run_ids_cannot_leave_the_output(store, tmp_path) -> None:  # noqa: ANN001
+def test_run_ids_cannot_leave_the_output(store, tmp_path) -> None:
     inp = _mkdir(str(tmp_path / "in"))
     (inp / "a.jpg").write_bytes(_jpeg((SIZE, SIZE), 1))
     for bad in ("../../x", "a/b", ".hidden", "", "x y"):
@@ -217,7 +217,7 @@ def test_pixel_budget_admits_what_fits_and_one_oversized_picture() -> None:
     assert budget.peak == 250 and budget.used == 0  # the oversized one went through, alone
 
 
-def test_worker_processes_give_the_same_outputs_within_one_shared_budget(store, s3_bucket) -> None:  # noqa: ANN001
+def test_worker_processes_give_the_same_outputs_within_one_shared_budget(store, s3_bucket) -> None:
     inp = f"{s3_bucket}/in"
     for i in range(12):  # PNGs: no draft decoding, so each holds 200 x 150 pixels in flight
         picture = Image.open(io.BytesIO(_jpeg((200, 150), i)))
