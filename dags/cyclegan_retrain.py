@@ -60,45 +60,6 @@ MODEL_ASSET = SETTINGS.model_asset()
 PARAMS = form_params("cyclegan_retrain", SETTINGS)
 
 
-def _outcome(found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,
-             params: dict) -> str:  # fmt: skip
-    """One line: promoted <version> | refused <version>: <reasons> | not trained | ..."""
-    if trained is None:
-        return f"not trained: {found['new']} new images < {params['min_new_images']}"
-    if promoted:
-        return f"promoted {decision['candidate']}"
-    if decision and not decision["passed"]:
-        return f"refused {decision['candidate']}: {'; '.join(decision['reasons'])}"
-    return f"trained {trained['version']}; not promoted (promote={params['promote']})"
-
-
-def _summary_block(result: dict, uri: str) -> str:
-    """The run's outcome as the summary task logs it: readable in the task log as one block."""
-    found, gate = result["new_data"], result["gate"] or {}
-    metrics = gate.get("candidate_metrics") or {}
-    since = found["promoted"] or "(no promoted version)"
-    rows = [
-        ("outcome", result["outcome"]),
-        ("new data", f"{found['new']} of {found['total']} images new since {since}"),
-        ("version", result["version"] or "-"),
-    ]
-    if result.get("selected"):
-        picked = result["selected"]
-        rows.append(("selected", f"step {picked['step']} of {result['steps']} (model selection)"))
-    if gate:
-        psnr, swd = metrics.get("cycle_psnr"), metrics.get("swd_mean")
-        rows.append(("gate", "passed" if gate["passed"] else "refused"))
-        rows += [("reason", reason) for reason in gate["reasons"]]
-        rows.append(("cycle PSNR", "-" if psnr is None else f"{psnr:.2f} dB"))
-        rows.append(("SWD", "-" if swd is None else f"{swd:.4f}"))
-        rows.append(("compared with", gate.get("compared_with") or "(no promoted version)"))
-    rows.append(("summary", uri))
-    width = max(len(name) for name, _ in rows)
-    lines = [f"retrain run {result['run_id']}"]
-    lines += [f"  {name:<{width}} : {value}" for name, value in rows]
-    return "\n".join(lines)
-
-
 # The tasks, wired in cyclegan_retrain below.
 
 
@@ -165,24 +126,14 @@ def summary(
     params: dict | None = None, run_id: str | None = None,
 ) -> dict:  # fmt: skip
     """What this run did and why: logged as one block, stored beside the checkpoints."""
-    from cyclegan_jobs import storage
+    from cyclegan_jobs.retrain import write_summary
 
-    outcome = _outcome(found, trained, decision, promoted, params)
-    uri = storage.join(params["model_store"], "runs", safe_run_id(run_id), "retrain.json")
-    result = {
-        "run_id": run_id,
-        "outcome": outcome,
-        "new_data": found,
-        "version": trained and trained["version"],
-        "steps": trained and trained["steps"],
-        "selected": trained and trained.get("selected"),
-        "gate": decision,
-        "promoted": promoted,
-    }
     use_connection(SETTINGS.aws_conn_id)
-    storage.write_json(uri, result)
-    log.info("%s", _summary_block(result, uri))
-    return {"outcome": outcome, "summary": uri}
+    steps = {"new_data": found, "trained": trained, "gate": decision, "promoted": promoted}
+    return write_summary(
+        params["model_store"], safe_run_id(run_id), run_id, steps,
+        min_new_images=params["min_new_images"], promote=params["promote"],
+    )  # fmt: skip
 
 
 @dag(
