@@ -31,7 +31,8 @@ from keras.losses import BinaryCrossentropy, mean_squared_error
 from keras.optimizers import Adam
 
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.model import CycleGAN, make_optimizer, resolve_precision
+from cyclegan_jobs.model import CycleGAN, make_optimizer
+from cyclegan_jobs.runtime import resolve_precision
 
 # The seed notebook's code, kept as close to it as Keras 3 allows (shared residual blocks
 # too), in its own pieces: downsample, upsample, ResnetIdentityBlock, generator,

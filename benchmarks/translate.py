@@ -199,7 +199,7 @@ def model_alone(version_uri: str, model_cfg, precision: str, batch: int, n: int)
 
 
 def part_model(args: argparse.Namespace, tmp: Path) -> None:
-    from cyclegan_jobs.model import resolve_precision
+    from cyclegan_jobs.runtime import resolve_precision
     from cyclegan_jobs.translate import translate
 
     precision = resolve_precision("auto")
@@ -1017,7 +1017,7 @@ def model_alone_tiles(
 
 
 def part_speed(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path) -> None:
-    from cyclegan_jobs.model import resolve_precision
+    from cyclegan_jobs.runtime import resolve_precision
 
     store = "s3://bench/seed-models"
     version_uri = registry.version_uri(store, make_version(store, "seed", 256))

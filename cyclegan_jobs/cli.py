@@ -8,14 +8,11 @@ import logging
 import sys
 from typing import Any
 
+from . import errors
 from .config import Thresholds, TranslateConfig
 from .options import COMMANDS, add_arguments
 
 log = logging.getLogger(__name__)
-
-# Exit codes: 0 ok, 1 the job failed (diverged, too many inputs failed, its records not all
-# stored, ...), 2 bad input or configuration.
-EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,15 +174,6 @@ def _check_uri_args(args: argparse.Namespace) -> None:
             raise InvalidURIError(f"{flag}: {err}") from None
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Bad input or configuration (ConfigError and DataError are ValueErrors)."""
-    from .registry import RegistryError
-    from .storage import StorageError
-    from .translate import TranslateError
-
-    return (ValueError, RegistryError, StorageError, TranslateError)
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record comes (pytest and Airflow replace it)."""
 
@@ -237,7 +225,7 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
         storage.set_outage_wait(args.s3_outage_wait)
     except ValueError as err:
         print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE, None
+        return errors.EXIT_USAGE, None
     handler = {
         "train": _train,
         "translate": _translate,
@@ -252,12 +240,13 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
     try:
         _check_uri_args(args)
         result = handler(args)
-    except _known_errors() as err:
-        print(f"cyclegan-jobs {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE, None
-    except RuntimeError as err:  # TrainingError and other job failures
-        print(f"cyclegan-jobs {args.command}: failed: {err}", file=sys.stderr)
-        return EXIT_FAILED, None
+    except (ValueError, RuntimeError) as err:
+        code = errors.exit_code(err)
+        if code is None:
+            raise
+        said = "error" if code == errors.EXIT_USAGE else "failed"
+        print(f"cyclegan-jobs {args.command}: {said}: {err}", file=sys.stderr)
+        return code, None
     print(json.dumps(result, sort_keys=True, default=str))
     if args.result_file:
         try:
@@ -265,26 +254,14 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
         except (storage.StorageError, OSError) as err:  # a pod's result is its XCom: say so
             print(f"cyclegan-jobs {args.command}: error: cannot write the result file: "
                   f"{str(err).splitlines()[0]}", file=sys.stderr)  # fmt: skip
-            return EXIT_USAGE, result
-    if args.command == "gate" and not result["passed"]:
-        reasons = "; ".join(result["reasons"])
-        if args.exit_zero:  # a decision the caller acts on, not a failure
-            log.info("gate: refused: %s", reasons)
-            return 0, result
-        print(f"cyclegan-jobs gate: refused: {reasons}", file=sys.stderr)
-        return EXIT_FAILED, result
-    if args.command in ("translate", "merge") and result.get("status") == "failed":
-        share, limit = result["failed_share"], result["max_failure_rate"]
-        print(f"cyclegan-jobs {args.command}: failed: {share:.1%} of inputs failed "
-              f"(max {limit:.1%})", file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED, result
-    if args.command == "translate" and result.get("status") == "incomplete":
-        # The work is done but not all of its records are: not a success to build on.
-        missing, kept = result["records_error"], result["manifest_local"]
-        print(f"cyclegan-jobs translate: incomplete: the run's records were {missing} "
-              f"(the manifest is kept at {kept})", file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED, result
-    return 0, result
+            return errors.EXIT_USAGE, result
+    code, why = errors.result_exit(args.command, result)
+    if code and args.command == "gate" and args.exit_zero:  # a decision the caller acts on
+        log.info("gate: %s", why)
+        return errors.EXIT_OK, result
+    if code:
+        print(f"cyclegan-jobs {args.command}: {why}", file=sys.stderr)
+    return code, result
 
 
 def main(argv: list[str] | None = None) -> int:

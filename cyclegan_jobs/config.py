@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import ConfigError
+
 # The choices the CLI and the Airflow forms offer, defined once (this module imports nothing
 # heavy, so DAG files can read them when they are parsed).
 PRESETS = ("seed", "paper", "tiny")
@@ -41,10 +43,6 @@ Architecture = Literal["unet_res", "resnet"]
 Adversarial = Literal["bce", "lsgan"]
 Distance = Literal["mse", "l1"]
 Upsampling = Literal["transpose", "resize"]
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work, with a message saying which and why."""
 
 
 @dataclass(frozen=True)

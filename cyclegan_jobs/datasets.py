@@ -14,6 +14,8 @@ import numpy as np
 from cyclegan_jobs import storage
 from cyclegan_jobs.images import ImageDecodeError, decode_image, resize
 
+from .errors import DataError
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -24,10 +26,6 @@ NPY_SPLIT_SEED = 42
 # Above this, images are gathered by a numpy callback rather than embedded in the tf.data graph
 # as a constant (graph constants are copied, and a serialized graph must stay under 2 GB).
 CONSTANT_LIMIT_BYTES = 256 * 1024 * 1024
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message says which source and why, in one line."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays has no single truth value

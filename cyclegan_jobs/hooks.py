@@ -46,7 +46,7 @@ class NonFiniteGuard(Hook):
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
         bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
         if bad:
-            from .train import TrainingError
+            from .errors import TrainingError
 
             losses_text = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise TrainingError(

@@ -14,20 +14,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from .errors import ImageDecodeError
+
 # Decoders we accept. Pillow can open many more (PSD, ICO, EPS via Ghostscript, ...), but every
 # extra decoder is attack surface for files dropped into a public input bucket. MPO is how Pillow
 # reports the multi-picture JPEGs that many phone cameras write.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
 WHITE = (255, 255, 255)
-
-
-class ImageDecodeError(ValueError):
-    """An input that cannot become an RGB picture; `reason` is a short phrase for reports."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

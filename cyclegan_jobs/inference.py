@@ -53,8 +53,8 @@ class Generators:
         precision: str = "auto",
         strategy: tf.distribute.Strategy | None = None,
     ):
-        from .model import POLICIES, distribution_strategy, resolve_precision
         from .networks import build_generator
+        from .runtime import POLICIES, distribution_strategy, resolve_precision
 
         self.precision = resolve_precision(precision)
         self.strategy = strategy or distribution_strategy()

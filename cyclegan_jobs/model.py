@@ -17,36 +17,7 @@ import tensorflow as tf
 from . import losses
 from .config import LossConfig, ModelConfig
 from .networks import build_discriminator, build_generator
-
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
-
-def resolve_precision(precision: str = "auto") -> str:
-    """auto -> float16 with a GPU, bfloat16 on a CPU with AMX or AVX512-BF16, else float32."""
-    if precision != "auto":
-        if precision not in POLICIES:
-            raise ValueError(f"unknown precision {precision!r}; choose auto or {list(POLICIES)}")
-        return precision
-    if tf.config.list_physical_devices("GPU"):
-        return "float16"
-    return "bfloat16" if _cpu_has_bf16() else "float32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = f.read()
-    except OSError:  # not Linux: be conservative
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
-
-
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over all visible GPUs when there are several, else the default."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy([g.name for g in gpus])
-    return tf.distribute.get_strategy()
+from .runtime import POLICIES
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_jobs")

@@ -499,8 +499,9 @@ PROMOTE_MODE = Option("promote", default="gate", choices=("gate", "never"))
 SIZE_PATTERN = r"^(default|native|[1-9][0-9]*)$"
 
 
-def _retrain_form() -> tuple[Field, ...]:
-    train, gate = TRAIN.option, GATE.option
+def _training_fields() -> tuple[Field, ...]:
+    """The retrain form's fields that choose how to train."""
+    train = TRAIN.option
     learning_rates = _by_preset(lambda name: f"{preset(name)[1].learning_rate:g}")
     return (
         Field(
@@ -549,6 +550,13 @@ def _retrain_form() -> tuple[Field, ...]:
             },
         ),
         Field(PRECISION, "Precision", "Numeric precision of training. " + _choices(PRECISION_HELP)),
+    )
+
+
+def _retrain_form() -> tuple[Field, ...]:
+    gate = GATE.option
+    return (
+        *_training_fields(),
         Field(
             DOMAIN_A,
             "Domain A (paintings)",

@@ -23,6 +23,8 @@ from typing import Any
 
 from cyclegan_jobs import storage
 
+from .errors import RegistryError
+
 VERSION_FILE = "VERSION.json"
 POINTER_FILE = "PROMOTED.json"
 CONFIG_FILE = "config.json"
@@ -31,10 +33,6 @@ METRICS_FILE = "metrics.json"
 MODEL_MODULES = ("keras", "cyclegan_jobs")
 
 log = logging.getLogger(__name__)
-
-
-class RegistryError(RuntimeError):
-    """A registry operation was refused or its target does not exist."""
 
 
 def _utc(now: datetime | None = None) -> datetime:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import images, ledger, storage
 from .config import TranslateConfig
+from .errors import TranslateError
 from .workers import PixelBudget, child_budget
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ class Item:
             line.update(outputs=self.output_bytes, input_bytes=self.input_bytes)
             line.update(width=self.width, height=self.height)
         return line
-
-
-class TranslateError(RuntimeError):
-    """A systemic problem: found before any work (no model, bad config, unreadable input...)
-    or one that stopped the run (the object store went away, the disk is full)."""
 
 
 # 1. sources -------------------------------------------------------------------------------

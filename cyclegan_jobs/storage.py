@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 
 from .config import S3_OUTAGE_WAIT_S
+from .errors import InvalidURIError, NotFoundError, StorageError, SystemicError
 
 S3_SCHEME = "s3://"
 # Enough parallel transfers to hide S3 latency, matched to the client's connection pool.
@@ -65,23 +66,6 @@ class ObjectInfo:
     rel: str
     size: int
     etag: str
-
-
-class StorageError(RuntimeError):
-    """An object-store operation failed; the message names the URI and the reason in one line."""
-
-
-class NotFoundError(StorageError):
-    """The object or local folder does not exist (a missing bucket is a SystemicError)."""
-
-
-class SystemicError(StorageError):
-    """The store itself is unusable, not one object: unreachable endpoint, missing bucket,
-    refused credentials. Retrying other objects would fail the same way."""
-
-
-class InvalidURIError(StorageError, ValueError):
-    """A malformed URI, refused before any I/O (a ValueError too, as split_s3 always raised)."""
 
 
 _lock = threading.Lock()

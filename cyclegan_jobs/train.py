@@ -18,14 +18,9 @@ import tensorflow as tf
 
 from . import datasets, hooks, images, plots, registry, storage
 from .config import TrainConfig
-from .model import (
-    CycleGAN,
-    distribution_strategy,
-    float32_copy,
-    make_optimizer,
-    resolve_precision,
-    set_determinism,
-)
+from .errors import TrainingError
+from .model import CycleGAN, float32_copy, make_optimizer, set_determinism
+from .runtime import distribution_strategy, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +28,6 @@ LOSS_CURVES = hooks.LOSS_CURVES
 LOAD_THREADS = 16  # parallel GETs and decodes while loading the training images
 # Settings that must not change when a run resumes: they define the data order and the model.
 RESUME_KEYS = ("model", "loss", "batch_size", "seed", "jitter", "shuffle_buffer", "holdout")
-
-
-class TrainingError(RuntimeError):
-    """The job cannot go on (diverged, incompatible resume, ...); no version is written."""
 
 
 def new_run_id(now: datetime | None = None) -> str:

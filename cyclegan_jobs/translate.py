@@ -32,6 +32,7 @@ import numpy as np
 
 from . import images, ledger, registry, storage
 from .config import ModelConfig, TranslateConfig, model_config_from_dict
+from .errors import SystemicError
 from .stages import (
     UP_TO_DATE,
     Item,
@@ -47,7 +48,7 @@ from .stages import (
     unsafe_reason,
 )
 from .tiles import PictureStats, Stitcher, TileRef
-from .workers import PixelBudget, Processes, Producer, StallClock, Systemic, Threads
+from .workers import PixelBudget, Processes, Producer, StallClock, Threads
 
 __all__ = ["TranslateError", "translate", "plan_shards", "merge_runs", "shard_of", "unsafe_reason"]
 
@@ -104,7 +105,7 @@ class Run:
         self.budget.release(item.held)  # its picture and outputs are gone
         item.held = 0
         if item.error is not None:
-            raise Systemic(str(item.error).splitlines()[0])
+            raise SystemicError(str(item.error).splitlines()[0])
         self.manifest.add(item)
         self.clock.tick()
         if item.status == "ok":
@@ -124,7 +125,7 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
                 run.manifest.add(item)
         else:
             _run_pipeline(run, items, triage)
-    except Systemic as err:
+    except SystemicError as err:
         summary = _finish(run, error=str(err))
         raise TranslateError(
             f"run {run.run_id} stopped: {err}. {summary['counts']['total']} input(s) settled "
@@ -224,7 +225,7 @@ def _triage(triage: Triage, info: storage.ObjectInfo) -> Item:
     try:
         return triage(info)
     except storage.SystemicError as err:
-        raise Systemic(f"deciding what is up to date failed: {err}") from err
+        raise SystemicError(f"deciding what is up to date failed: {err}") from err
     except storage.StorageError as err:
         reason = f"could not check whether it is up to date: {str(err).splitlines()[0]}"
         log.warning("%s: %s", info.rel, reason)
@@ -240,7 +241,7 @@ def _after(
     try:
         yield from infos
     except storage.StorageError as err:
-        raise Systemic(f"listing {prefix} failed: {err}") from err
+        raise SystemicError(f"listing {prefix} failed: {err}") from err
 
 
 class Feed:
@@ -452,7 +453,7 @@ def _load_generators(run: Run, tile: int) -> Any:
             names=_nets(run.cfg),
         )  # fmt: skip
     except registry.RegistryError as err:
-        raise Systemic(str(err)) from err
+        raise SystemicError(str(err)) from err
     run.precision = generators.precision
     run.timings["load_s"] = time.time() - t
     run.clock.tick()
@@ -715,7 +716,7 @@ def plan_shards(cfg: TranslateConfig, shard_size: int) -> dict[str, Any]:
         triage = Triage(cfg, run.index)
         try:
             entries = [_triage(triage, info).record() for info in listing]
-        except Systemic as err:
+        except SystemicError as err:
             raise TranslateError(f"plan {cfg.run_id} stopped: {err}") from err
         run.manifest.close()
     pending = [{"key": e["key"], "etag": e["etag"]} for e in entries if e["status"] == "pending"]

@@ -21,14 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import storage
-
-
-class Systemic(RuntimeError):
-    """A failure that is not one image's: the run stops, keeps what it did, and exits 2."""
-
-
-class Stalled(Systemic):
-    """Nothing progressed for the stall deadline."""
+from .errors import StalledError, SystemicError
 
 
 class StallClock:
@@ -43,7 +36,7 @@ class StallClock:
     def check(self) -> None:
         idle = time.monotonic() - self.last
         if idle > self.seconds:
-            raise Stalled(
+            raise StalledError(
                 f"no progress for {idle:.0f} s (stall deadline {self.seconds:g} s); "
                 "is the object store answering"
             )
@@ -161,7 +154,7 @@ class _Results:
         self.pending = 0
 
     def next_result(self, clock: StallClock) -> Any:
-        """The next result; Stalled when nothing at all progressed for the deadline."""
+        """The next result; StalledError when nothing at all progressed for the deadline."""
         while True:
             self.watch()
             try:
@@ -171,7 +164,7 @@ class _Results:
                 continue
             self.pending -= 1
             if isinstance(result, BaseException):  # a worker process died under the job
-                raise Systemic(f"worker process failed: {result!r}")
+                raise SystemicError(f"worker process failed: {result!r}")
             return result
 
     def ready(self, wait_s: float = 0.0) -> bool:
@@ -183,7 +176,7 @@ class _Results:
         return not self.results.empty()
 
     def watch(self) -> None:
-        """Raise Systemic when the workers can no longer deliver (threads always can)."""
+        """Raise SystemicError when the workers can no longer deliver (threads always can)."""
 
 
 class Threads(_Results):
@@ -261,7 +254,7 @@ class Processes:
             failures = [f"not started within {start_timeout:g} s"]
         if failures:
             self.close()
-            raise Systemic(f"worker processes failed to start: {failures[0]}")
+            raise SystemicError(f"worker processes failed to start: {failures[0]}")
 
     def stage(self, fn: Callable[[Any], Any]) -> _ProcessStage:
         return _ProcessStage(self, fn)
@@ -282,7 +275,7 @@ class Processes:
         )
 
     def watch(self) -> None:
-        """Systemic when a child died (looked at once a second at most)."""
+        """SystemicError when a child died (looked at once a second at most)."""
         now = time.monotonic()
         if self._closed or now - self._watched < 1.0:
             return
@@ -295,7 +288,9 @@ class Processes:
                     continue
                 job = self._jobs.get(ticket)
                 held = f"in {job[0]} of {_describe(job[1])}" if job else "between jobs"
-                raise Systemic(f"feed worker process {pid} died ({_exit_reason(child)}) {held}")
+                raise SystemicError(
+                    f"feed worker process {pid} died ({_exit_reason(child)}) {held}"
+                )
 
     def _read_starts(self) -> None:
         # Polled, not a blocking get(): close() can then end this thread.

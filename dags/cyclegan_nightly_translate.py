@@ -56,6 +56,88 @@ SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
 
 
+# The tasks, wired in cyclegan_nightly_translate below.
+
+
+@task(inlets=[MODEL_ASSET], **IO_RETRIES)
+def resolve_model(params: dict | None = None) -> str:
+    """The promoted version's URI: every shard of this run uses the same version."""
+    from cyclegan_jobs import registry
+
+    use_connection(SETTINGS.aws_conn_id)
+    try:
+        return registry.resolve(params["model_store"])
+    except registry.RegistryError as err:  # no promoted version: retrying will not help
+        raise AirflowFailException(f"{err} (cyclegan_retrain makes one)") from err
+
+
+@task(**IO_RETRIES)
+def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:
+    """Pending inputs, cut into shard files; returns their URIs and counts (no keys)."""
+    from cyclegan_jobs.config import TranslateConfig, parse_size
+    from cyclegan_jobs.translate import plan_shards
+
+    use_connection(SETTINGS.aws_conn_id)
+    cfg = TranslateConfig(
+        input=params["input"],
+        output=params["output"],
+        model=model_uri,
+        direction=params["direction"],
+        scope=params["scope"],
+        size=parse_size(params["size"]),
+        run_id=safe_run_id(run_id),
+    )
+    return plan_shards(cfg, params["shard_size"])
+
+
+@task
+def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
+    """One `cyclegan-jobs translate` command line per shard file."""
+    # As the form gives them (the CLI reads `size` as "default", "native" or N), but the
+    # model is the version resolved for the run, and bad inputs are judged over the whole
+    # run by `summarize`, not per shard.
+    values = form_values("translate", params, leave_out=("model_store", "max_failure_rate"))
+    feed = {"feed_processes": SETTINGS.feed_processes or None, "max_failure_rate": 1.0}
+    return [
+        command_line(
+            "translate",
+            {
+                "model": planned["model_uri"],
+                "keys": shard["keys"],
+                "run_id": shard["run_id"],
+                **values,
+                **feed,
+            },
+        )
+        for shard in planned["shards"]
+    ]
+
+
+@task(trigger_rule="none_failed", **IO_RETRIES)
+def summarize(planned: dict, params: dict | None = None, **context) -> dict:
+    """Merge the shards' manifests into the run's summary and contact sheet, link them;
+    fail above the failure rate."""
+    from cyclegan_jobs.translate import merge_runs
+
+    use_connection(SETTINGS.aws_conn_id)
+    summary = merge_runs(
+        params["output"],
+        planned["run_id"],
+        [shard["run_id"] for shard in planned["shards"]],
+        max_failure_rate=params["max_failure_rate"],
+    )
+    links = results_links(
+        SETTINGS, contact_sheet=summary["contact_sheet"], outputs=params["output"]
+    )
+    push_links(links, context)
+    if summary["status"] == "failed":
+        raise AirflowFailException(
+            f"{summary['counts']['failed']} inputs failed ({summary['failed_share']:.1%}, "
+            f"max {params['max_failure_rate']:.1%}); see {summary['manifest']}"
+        )
+    return {k: summary[k] for k in ("counts", "failed_share", "summary", "contact_sheet")}
+
+
 @dag(
     dag_id="cyclegan_nightly_translate",
     schedule=schedule_for(SETTINGS.nightly_schedule),
@@ -66,83 +148,6 @@ MODEL_ASSET = SETTINGS.model_asset()
     params=form_params("cyclegan_nightly_translate", SETTINGS),
 )
 def cyclegan_nightly_translate():
-    conn_id = SETTINGS.aws_conn_id
-
-    @task(inlets=[MODEL_ASSET], **IO_RETRIES)
-    def resolve_model(params: dict | None = None) -> str:
-        """The promoted version's URI: every shard of this run uses the same version."""
-        from cyclegan_jobs import registry
-
-        use_connection(conn_id)
-        try:
-            return registry.resolve(params["model_store"])
-        except registry.RegistryError as err:  # no promoted version: retrying will not help
-            raise AirflowFailException(f"{err} (cyclegan_retrain makes one)") from err
-
-    @task(**IO_RETRIES)
-    def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:
-        """Pending inputs, cut into shard files; returns their URIs and counts (no keys)."""
-        from cyclegan_jobs.config import TranslateConfig, parse_size
-        from cyclegan_jobs.translate import plan_shards
-
-        use_connection(conn_id)
-        cfg = TranslateConfig(
-            input=params["input"],
-            output=params["output"],
-            model=model_uri,
-            direction=params["direction"],
-            scope=params["scope"],
-            size=parse_size(params["size"]),
-            run_id=safe_run_id(run_id),
-        )
-        return plan_shards(cfg, params["shard_size"])
-
-    @task
-    def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
-        """One `cyclegan-jobs translate` command line per shard file."""
-        # As the form gives them (the CLI reads `size` as "default", "native" or N), but the
-        # model is the version resolved for the run, and bad inputs are judged over the whole
-        # run by `summarize`, not per shard.
-        values = form_values("translate", params, leave_out=("model_store", "max_failure_rate"))
-        feed = {"feed_processes": SETTINGS.feed_processes or None, "max_failure_rate": 1.0}
-        return [
-            command_line(
-                "translate",
-                {
-                    "model": planned["model_uri"],
-                    "keys": shard["keys"],
-                    "run_id": shard["run_id"],
-                    **values,
-                    **feed,
-                },
-            )
-            for shard in planned["shards"]
-        ]
-
-    @task(trigger_rule="none_failed", **IO_RETRIES)
-    def summarize(planned: dict, params: dict | None = None, **context) -> dict:
-        """Merge the shards' manifests into the run's summary and contact sheet, link them;
-        fail above the failure rate."""
-        from cyclegan_jobs.translate import merge_runs
-
-        use_connection(conn_id)
-        summary = merge_runs(
-            params["output"],
-            planned["run_id"],
-            [shard["run_id"] for shard in planned["shards"]],
-            max_failure_rate=params["max_failure_rate"],
-        )
-        links = results_links(
-            SETTINGS, contact_sheet=summary["contact_sheet"], outputs=params["output"]
-        )
-        push_links(links, context)
-        if summary["status"] == "failed":
-            raise AirflowFailException(
-                f"{summary['counts']['failed']} inputs failed ({summary['failed_share']:.1%}, "
-                f"max {params['max_failure_rate']:.1%}); see {summary['manifest']}"
-            )
-        return {k: summary[k] for k in ("counts", "failed_share", "summary", "contact_sheet")}
-
     planned = plan(resolve_model())
     translated = heavy_mapped(SETTINGS, "translate_shard", shard_commands(planned), retries=4)
     translated >> with_results_links(summarize(planned))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cyclegan_jobs import model as model_mod
+from cyclegan_jobs import runtime
 from cyclegan_jobs.config import preset
 from cyclegan_jobs.model import CycleGAN, ImagePool, LinearDecay, make_optimizer
 
@@ -68,16 +68,16 @@ def test_float16_uses_loss_scaling_and_stays_finite() -> None:
 
 
 def test_resolve_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert model_mod.resolve_precision("float32") == "float32"
+    assert runtime.resolve_precision("float32") == "float32"
     with pytest.raises(ValueError, match="unknown precision"):
-        model_mod.resolve_precision("int8")
-    monkeypatch.setattr(model_mod.tf.config, "list_physical_devices", lambda kind=None: [])
-    monkeypatch.setattr(model_mod, "_cpu_has_bf16", lambda: True)
-    assert model_mod.resolve_precision("auto") == "bfloat16"
-    monkeypatch.setattr(model_mod, "_cpu_has_bf16", lambda: False)
-    assert model_mod.resolve_precision("auto") == "float32"
-    monkeypatch.setattr(model_mod.tf.config, "list_physical_devices", lambda kind=None: ["gpu"])
-    assert model_mod.resolve_precision("auto") == "float16"
+        runtime.resolve_precision("int8")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
+    assert runtime.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    assert runtime.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu"])
+    assert runtime.resolve_precision("auto") == "float16"
 
 
 def test_linear_decay_schedule() -> None:
