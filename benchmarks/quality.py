@@ -73,7 +73,7 @@ class TruthProbe(hooks.Hook):
 
     def after_step(self, t: Any, logs: dict[str, float]) -> None:
         row = t.history[-1] if t.history else {}
-        if row.get("kind") != "selection" or row["step"] != t.step:
+        if row.get("kind") != "selection" or row["step"] != t.state.step:
             return
         fake = images.to_uint8(t.selection.gens.apply("generator_BA", self.faces))
         scores = {k: v for k, v in row.items() if k not in ("kind", "best_step")}

@@ -1,5 +1,11 @@
 """The training loop's concerns, one small hook each; `train.Trainer` calls them after every step.
 
+The loop owns a `LoopState` (the step, where this process stops, where training ends, the
+epoch, when the loop began); hooks read it. A hook that wants training to end asks the state
+(`finish`) and the loop ends after the step's hooks; model selection hands its pick to the loop
+through the state (`selected`, `selected_weights`). What else a hook needs of the run (the loss
+trackers, the history, the files) it gets from the Trainer's methods and attributes, read only.
+
 Order matters and is the Trainer's `hooks` list: the guard first (a diverged step must reach
 nothing else), the time budget before model selection (so the last step is scored) and the
 checkpoint mirror last (so what it saves includes every other hook's state).
@@ -11,6 +17,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +33,46 @@ LOSS_CURVES = ("d_loss", "g_loss", "adv_loss", "cycle_loss", "identity_loss")
 SELECT_IMAGES = 64  # held-out images per domain that model selection scores
 
 
+@dataclass
+class LoopState:
+    """What the training loop owns and its hooks read. Hooks do not change the schedule: a hook
+    that wants training to end here calls `finish`; model selection sets `selected`."""
+
+    step: int  # the last step done (the restored one before the first)
+    stop_at: int  # this process stops after this step: the end, or --stop-after
+    total_steps: int  # training ends after this step (the version is written)
+    steps_per_epoch: int
+    global_batch: int  # images of each domain per step, over all replicas
+    started: float  # time.time() when the loop began
+    epoch: int = 0  # 0-based
+    finish_reason: str | None = None  # a hook asked training to end after this step
+    selected: dict[str, Any] | None = None  # model selection's pick: step, scores, its rule
+    selected_weights: dict[str, list[np.ndarray]] | None = None  # the pick's four networks
+
+    def finish(self, reason: str) -> None:
+        """End training after this step, as if it were the last: the version is written."""
+        self.finish_reason = reason
+
+    @property
+    def last_of_run(self) -> bool:
+        """This step is the last this process does (the end, --stop-after, or a finish)."""
+        return self.step >= self.stop_at or self.finish_reason is not None
+
+    @property
+    def last_of_training(self) -> bool:
+        """This step is the last of training: a version follows."""
+        return self.step >= self.total_steps or self.finish_reason is not None
+
+
 class Hook:
-    """One concern of the loop. Every method is optional; `t` is the running Trainer."""
+    """One concern of the loop. Every method is optional; `t` is the running Trainer, whose
+    `state` is the LoopState."""
 
     def start(self, t: Trainer) -> None:
-        """Before the first step (after a restore, so `t.step` may be > 0)."""
+        """Before the first step (after a restore, so `t.state.step` may be > 0)."""
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
-        """After each step; `t.step` is the step just done, `logs` its losses."""
+        """After each step; `t.state.step` is the step just done, `logs` its losses."""
 
     def before_checkpoint(self, t: Trainer) -> list[Path]:
         """Write this hook's own state into the work dir; return the files to mirror."""
@@ -50,7 +89,7 @@ class NonFiniteGuard(Hook):
 
             losses_text = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise TrainingError(
-                f"non-finite loss at step {t.step} ({losses_text}); "
+                f"non-finite loss at step {t.state.step} ({losses_text}); "
                 "no version written - lower the learning rate or check the data"
             )
 
@@ -59,24 +98,25 @@ class IntervalLog(Hook):
     """Every `log_every` steps: interval means of the losses to history, TensorBoard and the log."""
 
     def start(self, t: Trainer) -> None:
-        self.last = (time.time(), t.step)
+        self.last = (time.time(), t.state.step)
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
-        if t.step % t.cfg.log_every and t.step != t.stop_at:
+        s = t.state
+        if s.step % t.cfg.log_every and not s.last_of_run:
             return
         row = {k: float(m.result()) for k, m in t.cg.trackers.items()}
         for m in t.cg.trackers.values():
             m.reset_state()
         now = time.time()
-        rate = 2 * t.global_batch * (t.step - self.last[1]) / max(now - self.last[0], 1e-9)
-        self.last = (now, t.step)
-        row.update(step=t.step, epoch=t.epoch + 1, images_per_sec=rate, time=now)
+        rate = 2 * s.global_batch * (s.step - self.last[1]) / max(now - self.last[0], 1e-9)
+        self.last = (now, s.step)
+        row.update(step=s.step, epoch=s.epoch + 1, images_per_sec=rate, time=now)
         t.record(row, {k: row[k] for k in LOSS_CURVES})
-        eta = (t.stop_at - t.step) * 2 * t.global_batch / max(rate, 1e-9)
+        eta = (s.stop_at - s.step) * 2 * s.global_batch / max(rate, 1e-9)
         if t.cfg.max_minutes:  # the time budget may end the run first
-            eta = min(eta, max(0.0, 60 * t.cfg.max_minutes - (now - t.t_loop)))
+            eta = min(eta, max(0.0, 60 * t.cfg.max_minutes - (now - s.started)))
         log.info(
-            f"epoch {t.epoch + 1}/{t.cfg.epochs} step {t.step}/{t.total_steps} "
+            f"epoch {s.epoch + 1}/{t.cfg.epochs} step {s.step}/{s.total_steps} "
             f"d={row['d_loss']:.3f} g={row['g_loss']:.3f} cycle={row['cycle_loss']:.4f} "
             f"| {rate:.1f} img/s | eta {eta:.0f}s"
         )
@@ -86,21 +126,22 @@ class Samples(Hook):
     """Every `sample_every` steps: the sample grid and the loss curve, mirrored."""
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
-        if t.step % t.cfg.sample_every == 0:
+        if t.state.step % t.cfg.sample_every == 0:
             t.save_samples()
 
 
 class TimeBudget(Hook):
-    """`max_minutes`: drives the LR decay of budgeted runs and ends training when spent."""
+    """`max_minutes`: drives the LR decay of budgeted runs (the share of the budget used, in
+    the schedule's `progress` variable) and ends training when it is spent."""
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
         if not t.cfg.max_minutes:
             return
-        used = (time.time() - t.t_loop) / (60 * t.cfg.max_minutes)
+        used = (time.time() - t.state.started) / (60 * t.cfg.max_minutes)
         if t.progress is not None:
             t.progress.assign(used)
         if used > 1.0:  # this step is the last; the run finishes and writes its version
-            t.stop_at = t.total_steps = t.step
+            t.state.finish(f"the time budget ({t.cfg.max_minutes:g} min) is spent")
 
 
 def selection_key(scores: dict[str, Any], floor: float) -> tuple:
@@ -159,7 +200,8 @@ class ModelSelection(Hook):
         )
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
-        if not self.every or (t.step % self.every and t.step != t.total_steps):
+        step = t.state.step
+        if not self.every or (step % self.every and not t.state.last_of_training):
             return
         from .evaluate import selection_metrics
 
@@ -170,13 +212,14 @@ class ModelSelection(Hook):
             self.best, self.floor
         )
         if improved:
-            self.best = {"step": t.step, **scores}
+            self.best = {"step": step, **scores}
             self.best_weights = {n: net.get_weights() for n, net in t.cg.networks.items()}
             self.dirty = True
-        row = {"kind": "selection", "step": t.step, **scores, "best_step": self.best["step"]}
+            self._hand_over(t)
+        row = {"kind": "selection", "step": step, **scores, "best_step": self.best["step"]}
         t.record(row, {f"selection/{k}": v for k, v in scores.items()})
         log.info(
-            f"step {t.step}: held-out SWD {scores['swd_mean']:.1f}, cycle PSNR "
+            f"step {step}: held-out SWD {scores['swd_mean']:.1f}, cycle PSNR "
             f"{scores['cycle_psnr']:.2f} dB; best: step {self.best['step']}"
             + (" (this one)" if improved else "")
         )
@@ -196,11 +239,12 @@ class ModelSelection(Hook):
             return
         self.best = json.loads((folder / "best.json").read_text())
         self.best_weights = t.read_weights(folder)
+        self._hand_over(t)
 
-    def summary(self) -> dict[str, Any] | None:
-        if not self.every or self.best is None:
-            return None
-        return {"every": self.every, "cycle_psnr_floor": self.floor, **self.best}
+    def _hand_over(self, t: Trainer) -> None:
+        """The pick, for the loop to make the version from (and to report)."""
+        t.state.selected = {"every": self.every, "cycle_psnr_floor": self.floor, **self.best}
+        t.state.selected_weights = self.best_weights
 
 
 class CheckpointMirror(Hook):
@@ -208,10 +252,10 @@ class CheckpointMirror(Hook):
     other hooks' state and the history) to the model store."""
 
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
-        if t.step % t.cfg.checkpoint_every and t.step != t.stop_at:
+        if t.state.step % t.cfg.checkpoint_every and not t.state.last_of_run:
             return
         extra = [f for hook in t.hooks for f in hook.before_checkpoint(t)]
         t.writer.flush()
         for f in extra:  # before the checkpoint: its index then names a state that has them
             t.files.push(f)
-        t.files.push_checkpoint(t.manager.save(checkpoint_number=t.step))
+        t.files.push_checkpoint(t.manager.save(checkpoint_number=t.state.step))

@@ -188,7 +188,7 @@ class Trainer:
         _check_resume_compatible(storage.join(self.remote, "run.json"), self.cfg)
         self.build_or_restore()
         self.fit()
-        if self.step < self.total_steps:  # stopped early on purpose (stop_after): resumable
+        if not self.state.last_of_training:  # stopped early on purpose (stop_after): resumable
             return self.stopped()
         summary = self.export()
         storage.write_json(result_uri, summary)
@@ -287,12 +287,15 @@ class Trainer:
             per_replica = strategy.run(cg.train_step, args=(batch,))
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
 
-        cfg, self.step = self.cfg, self.resumed_from
-        self.stop_at = (
-            self.total_steps
-            if cfg.stop_after is None
-            else min(self.total_steps, self.step + cfg.stop_after)
-        )
+        cfg, start = self.cfg, self.resumed_from
+        stop_at = self.total_steps
+        if cfg.stop_after is not None:
+            stop_at = min(self.total_steps, start + cfg.stop_after)
+        s = self.state = hooks.LoopState(
+            step=start, stop_at=stop_at, total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch, global_batch=self.global_batch,
+            started=time.time(),
+        )  # fmt: skip
         device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
         log.info(
             f"run {self.run_id}: {cfg.model.preset} preset at {cfg.model.image_size}px on "
@@ -301,19 +304,19 @@ class Trainer:
         )
         for hook in self.hooks:
             hook.start(self)
-        self.t_loop, self.images_done = time.time(), 0
-        while self.step < self.stop_at:
-            self.epoch = self.step // self.steps_per_epoch
-            for batch in self.epoch_batches(self.epoch, self.step % self.steps_per_epoch):
+        s.started, self.images_done = time.time(), 0
+        while not s.last_of_run:
+            s.epoch = s.step // s.steps_per_epoch
+            for batch in self.epoch_batches(s.epoch, s.step % s.steps_per_epoch):
                 logs = {k: float(v) for k, v in train_step(batch).items()}
-                self.step += 1
-                self.images_done += 2 * self.global_batch  # one image per domain and example
-                self.step_var.assign(self.step)
+                s.step += 1
+                self.images_done += 2 * s.global_batch  # one image per domain and example
+                self.step_var.assign(s.step)
                 for hook in self.hooks:
                     hook.after_step(self, logs)
-                if self.step >= self.stop_at:
+                if s.last_of_run:  # the end, --stop-after, or a hook asked to finish
                     break
-        self.loop_seconds = time.time() - self.t_loop
+        self.loop_seconds = time.time() - s.started
 
     # -- what hooks call -----------------------------------------------------------------------
     def record(self, row: dict[str, Any], scalars: dict[str, float]) -> None:
@@ -321,7 +324,7 @@ class Trainer:
         self.history.append(row)
         with self.files.history.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        with self.writer.as_default(step=self.step):
+        with self.writer.as_default(step=self.state.step):
             for name, value in scalars.items():
                 if value is not None:
                     tf.summary.scalar(name, value)
@@ -330,10 +333,10 @@ class Trainer:
         """The sample grid of the current weights (samples/step_N.png or `name`) and the loss
         curve, mirrored; the grid also goes to TensorBoard."""
         grid = sample_figure(self.cg, self.preview["a"], self.preview["b"])
-        path = _write_png(self.files.samples / (name or f"step_{self.step:07d}.png"), grid)
+        path = _write_png(self.files.samples / (name or f"step_{self.state.step:07d}.png"), grid)
         self.files.push(path)
         self.files.push(_write_png(self.files.work / "loss_curve.png", loss_curve(self.history)))
-        with self.writer.as_default(step=self.step):
+        with self.writer.as_default(step=self.state.step):
             tf.summary.image("samples", grid[None], max_outputs=1)
         return path
 
@@ -361,13 +364,13 @@ class Trainer:
 
     def stopped(self) -> dict[str, Any]:
         log.info(
-            f"stopped at step {self.step}/{self.total_steps}; "
+            f"stopped at step {self.state.step}/{self.total_steps}; "
             f"rerun with --run-id {self.run_id} to continue"
         )
         return {
             "run_id": self.run_id,
             "status": "stopped",
-            "step": self.step,
+            "step": self.state.step,
             "total_steps": self.total_steps,
             "resumed_from": self.resumed_from,
             "checkpoints": storage.join(self.remote, "checkpoints"),
@@ -378,10 +381,11 @@ class Trainer:
         """The version: float32 generators (.keras), the four weight files, config, metrics,
         samples; made from the selected weights when model selection ran."""
         picture = None
-        if self.selection.best_weights is not None:
+        picked = self.state.selected_weights  # model selection's pick, through the loop's state
+        if picked is not None:
             for name, net in self.cg.networks.items():
-                net.set_weights(self.selection.best_weights[name])
-            picture = f"selected_step_{self.selection.best['step']:07d}.png"
+                net.set_weights(picked[name])
+            picture = f"selected_step_{self.state.selected['step']:07d}.png"
         final_sample = self.save_samples(picture)
         self.writer.flush()
         vdir = self.files.work / "version"
@@ -415,8 +419,8 @@ class Trainer:
         last = losses[-1] if losses else {}
         return {
             "final_losses": {k: last.get(k) for k in (*LOSS_CURVES, "d_a_loss", "d_b_loss")},
-            "steps": self.step,
-            "selected": self.selection.summary(),
+            "steps": self.state.step,
+            "selected": self.state.selected,
             "epochs": self.cfg.epochs,
             "steps_per_epoch": self.steps_per_epoch,
             "images_per_sec": self.throughput(),
@@ -435,9 +439,9 @@ class Trainer:
             "version": version,
             "version_uri": version_uri,
             "promoted": self.cfg.promote,
-            "steps": self.step,
+            "steps": self.state.step,
             "selected": metrics["selected"],
-            "stopped_by_time_budget": bool(self.cfg.max_minutes) and self.step < planned,
+            "stopped_by_time_budget": bool(self.cfg.max_minutes) and self.state.step < planned,
             "resumed_from": self.resumed_from,
             "precision": self.precision,
             "images_per_sec": round(self.throughput(), 3),

@@ -248,7 +248,7 @@ class _Sabotage(hooks.Hook):
     """From step SABOTAGE_AT on, a learning rate 50x too high: every later step is worse."""
 
     def after_step(self, t, logs) -> None:
-        if t.step >= SABOTAGE_AT:
+        if t.state.step >= SABOTAGE_AT:
             t.cg.g_optimizer.learning_rate = 0.05
             t.cg.d_optimizer.learning_rate = 0.05
 
