@@ -279,7 +279,7 @@ def test_every_param_has_a_title_a_description_and_numbers_have_bounds(parsed: d
 def _code_strings() -> set[str]:
     """Every string constant in the package and the DAG files, docstrings left out."""
     found: set[str] = set()
-    for path in [*(REPO / "cyclegan_jobs").glob("*.py"), *DAGS.glob("*.py")]:
+    for path in [*(REPO / "cyclegan_jobs").rglob("*.py"), *DAGS.glob("*.py")]:
         tree = ast.parse(path.read_text())
         docs = {
             id(node.body[0].value)

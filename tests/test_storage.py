@@ -131,7 +131,7 @@ def test_local_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(storage.os, "replace", broken_replace)
+    monkeypatch.setattr(storage.local.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         storage.write_bytes(str(target), b"partial")
     assert target.read_bytes() == b"new content"
@@ -180,7 +180,7 @@ def test_local_upload_download_and_delete(tmp_path: Path) -> None:
 def default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pool size a fresh process starts with: an earlier test file in the same pytest-xdist
     worker may have grown it (ensure_pool is process-wide by design)."""
-    monkeypatch.setattr(storage, "_pool_size", 2 * storage.MAX_WORKERS)
+    monkeypatch.setattr(storage.S3, "pool_size", 2 * storage.MAX_WORKERS)
 
 
 def test_client_configuration(
@@ -447,4 +447,4 @@ def test_the_connection_pool_grows_to_the_threads_in_flight(
         assert storage.get_client().meta.config.max_pool_connections == 70
     finally:
         storage.configure()
-        storage._pool_size = 2 * storage.MAX_WORKERS
+        storage.S3.pool_size = 2 * storage.MAX_WORKERS
