@@ -77,13 +77,13 @@ def _gate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
-    from .translate import plan_shards
+    from .shards import plan_shards
 
     return plan_shards(_config(TranslateConfig, args), args.shard_size)
 
 
 def _merge(args: argparse.Namespace) -> dict[str, Any]:
-    from .translate import merge_runs
+    from .shards import merge_runs
 
     if not 0.0 <= args.max_failure_rate <= 1.0:
         raise ValueError("max failure rate must be in [0, 1]")
@@ -93,7 +93,7 @@ def _merge(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _new_data(args: argparse.Namespace) -> dict[str, Any]:
-    from .datasets import new_data
+    from .retrain import new_data
 
     return new_data(args.domain_b, args.model_store)
 

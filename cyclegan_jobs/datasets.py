@@ -7,19 +7,18 @@ import io
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cyclegan_jobs import storage
-from cyclegan_jobs.images import ImageDecodeError, decode_image, resize
+from cyclegan_jobs.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize
 
 from .errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TFDS_SCHEME = "tfds:"
 # The seed's train_test_split(face, test_size=0.3, random_state=42).
 NPY_SPLIT_SEED = 42
@@ -344,29 +343,3 @@ def source_snapshot(uri: str) -> list[dict]:
         return [{"key": obj.rel, "etag": obj.etag} for obj in objects]
     except storage.StorageError as err:
         raise DataError(f"cannot list {uri}: {err}") from err
-
-
-def new_data(uri: str, model_store: str, *, domain: str = "b") -> dict[str, Any]:
-    """How many of a domain's source objects are new since the promoted version was trained.
-
-    New: a key missing from the data snapshot in the promoted version's metrics.json, or one
-    whose ETag changed. With no promoted version everything is new.
-    """
-    from cyclegan_jobs import registry
-
-    listing = source_snapshot(uri)
-    current = registry.promoted(model_store)
-    known: dict[str, str] = {}
-    if current:
-        version = registry.version_uri(model_store, current["version"])
-        metrics = storage.read_json(storage.join(version, "metrics.json"))
-        known = {e["key"]: e["etag"] for e in metrics.get("snapshot", {}).get(domain, [])}
-    new = [e["key"] for e in listing if known.get(e["key"]) != e["etag"]]
-    return {
-        "domain": domain,
-        "uri": uri,
-        "promoted": current["version"] if current else None,
-        "total": len(listing),
-        "new": len(new),
-        "examples": new[:10],
-    }

@@ -20,6 +20,9 @@ from .errors import ImageDecodeError
 # extra decoder is attack surface for files dropped into a public input bucket. MPO is how Pillow
 # reports the multi-picture JPEGs that many phone cameras write.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+# The file names taken for pictures, in training data and translate inputs alike: the formats
+# above (a phone's MPO is a .jpg).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 WHITE = (255, 255, 255)
 

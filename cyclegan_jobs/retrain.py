@@ -1,4 +1,5 @@
-"""The retrain DAG's outcome: what a run did and why, stored beside its checkpoints
+"""The retrain DAG's library side: whether there is new data to train on (`new_data`), and
+the run's outcome, what it did and why, stored beside its checkpoints
 (`<model store>/runs/<run>/retrain.json`) and logged as one block for the task log."""
 
 from __future__ import annotations
@@ -6,9 +7,34 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import storage
+from . import registry, storage
+from .datasets import source_snapshot
 
 log = logging.getLogger(__name__)
+
+
+def new_data(uri: str, model_store: str, *, domain: str = "b") -> dict[str, Any]:
+    """How many of a domain's source objects are new since the promoted version was trained.
+
+    New: a key missing from the data snapshot in the promoted version's metrics.json, or one
+    whose ETag changed. With no promoted version everything is new.
+    """
+    listing = source_snapshot(uri)
+    current = registry.promoted(model_store)
+    known: dict[str, str] = {}
+    if current:
+        version = registry.version_uri(model_store, current["version"])
+        metrics = storage.read_json(storage.join(version, "metrics.json"))
+        known = {e["key"]: e["etag"] for e in metrics.get("snapshot", {}).get(domain, [])}
+    new = [e["key"] for e in listing if known.get(e["key"]) != e["etag"]]
+    return {
+        "domain": domain,
+        "uri": uri,
+        "promoted": current["version"] if current else None,
+        "total": len(listing),
+        "new": len(new),
+        "examples": new[:10],
+    }
 
 
 def outcome(found: dict, trained: dict | None, decision: dict | None, promoted: dict | None,

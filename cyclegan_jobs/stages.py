@@ -30,7 +30,6 @@ from .workers import PixelBudget, child_budget
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UP_TO_DATE = "up to date"
 # A full or read-only disk fails every write alike: stop instead of failing each image.
 _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
@@ -149,7 +148,7 @@ class Triage:
         reason = unsafe_reason(info.rel)
         if reason:
             return item.fail(reason)
-        if not info.rel.lower().endswith(IMAGE_SUFFIXES):
+        if not info.rel.lower().endswith(images.IMAGE_SUFFIXES):
             item.status, item.reason = "skipped", "not an image file extension"
             return item
         first = self.claimed.setdefault(output_stem(info.rel), info.rel)

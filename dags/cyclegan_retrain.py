@@ -66,7 +66,7 @@ PARAMS = form_params("cyclegan_retrain", SETTINGS)
 @task(**IO_RETRIES)
 def detect_new_data(params: dict | None = None) -> dict:
     """How many domain-B images are new since the promoted version was trained."""
-    from cyclegan_jobs.datasets import new_data
+    from cyclegan_jobs.retrain import new_data
 
     use_connection(SETTINGS.aws_conn_id)
     return new_data(params["domain_b"], params["model_store"])

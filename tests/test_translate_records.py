@@ -31,7 +31,8 @@ from botocore.exceptions import ClientError
 from cyclegan_jobs import cli, images, ledger, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.translate import TranslateError, merge_runs, translate
+from cyclegan_jobs.shards import merge_runs
+from cyclegan_jobs.translate import TranslateError, translate
 
 SIZE = 32
 

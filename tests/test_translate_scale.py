@@ -17,8 +17,9 @@ from PIL import Image
 
 from cyclegan_jobs import ledger, storage
 from cyclegan_jobs.config import TranslateConfig
+from cyclegan_jobs.shards import plan_shards
 from cyclegan_jobs.stages import shard_of
-from cyclegan_jobs.translate import TranslateError, plan_shards, translate
+from cyclegan_jobs.translate import TranslateError, translate
 from cyclegan_jobs.workers import PixelBudget
 
 SIZE = 32
