@@ -40,8 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from cyclegan_jobs import images, metrics
+from cyclegan_jobs import images
 from cyclegan_jobs.config import preset
+from cyclegan_jobs.evaluation import metrics
 from cyclegan_jobs.sample_data import INPUT_FACES_SEED, synthetic_faces
 
 MODES = ("transpose", "resize")
@@ -75,7 +76,7 @@ def at_init(
     """Part (a): (report, {mode: the first seed's float outputs})."""
     import keras
 
-    from cyclegan_jobs.networks import build_generator
+    from cyclegan_jobs.training.networks import build_generator
 
     size = inputs.shape[1]
     if inputs.shape[2] != size:

@@ -39,10 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from cyclegan_jobs import hooks, images, metrics
+from cyclegan_jobs import images
 from cyclegan_jobs.config import PRESET_BATCH_SIZE, TrainConfig, preset
-from cyclegan_jobs.evaluate import evaluate, load_style
+from cyclegan_jobs.evaluation import metrics
+from cyclegan_jobs.evaluation.evaluate import evaluate, load_style
 from cyclegan_jobs.sample_data import synthetic_faces, write_npy
+from cyclegan_jobs.training import hooks
 
 BUILTIN = "cyclegan_jobs.sample_data:paint"
 STYLES = (BUILTIN, "benchmarks/styles.py:colour_remap", "benchmarks/styles.py:blur_posterize")
@@ -111,7 +113,7 @@ def run_benchmark(
     """Train the preset as users get it, changed by `options` (ModelConfig and LossConfig
     fields, or batch_size), on unpaired (faces, style(faces)) for `minutes` (or, if given,
     `epochs` of n // batch size steps); report PSNR against the truth."""
-    from cyclegan_jobs.train import Trainer
+    from cyclegan_jobs.training.train import Trainer
 
     style = load_style(style_spec)
     out = Path(out)

@@ -1,4 +1,5 @@
-"""Seams: tiled inference (cyclegan_jobs/tiles.py) against whole-image inference, per preset.
+"""Seams: tiled inference (cyclegan_jobs/translation/tiles.py) against whole-image inference,
+per preset.
 
     python benchmarks/seams.py [--presets tiny,seed] [--height 768 --width 1024] [--tile 256]
                                [--margins 0,16,32,48,64,96] [--model VERSION_URI] [--reconstruct]
@@ -29,10 +30,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cyclegan_jobs.config import TranslateConfig, preset
+from cyclegan_jobs.evaluation.metrics import psnr
 from cyclegan_jobs.inference import Generators
-from cyclegan_jobs.metrics import psnr
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.tiles import Grid, cut, downscale, paste
+from cyclegan_jobs.translation.tiles import Grid, cut, downscale, paste
 
 BORDER = 32
 
@@ -51,7 +52,7 @@ def generator(name: str, model: str | None, net_name: str = "generator_BA"):
     """A float32 generator taking any height x width (multiples of 16)."""
     import keras
 
-    from cyclegan_jobs.networks import build_generator
+    from cyclegan_jobs.training.networks import build_generator
 
     keras.utils.set_random_seed(0 if net_name == "generator_BA" else 1)
     net = build_generator(preset(name)[0], name=net_name, any_size=True)

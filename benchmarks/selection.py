@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclegan_jobs import hooks
+from cyclegan_jobs.training import hooks
 
 Row = dict[str, float]
 

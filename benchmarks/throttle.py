@@ -45,7 +45,7 @@ from translate import KEYS, make_version, put_faces  # noqa: E402  (benchmarks/t
 
 from cyclegan_jobs import storage  # noqa: E402
 from cyclegan_jobs.config import TranslateConfig  # noqa: E402
-from cyclegan_jobs.translate import TranslateError, translate  # noqa: E402
+from cyclegan_jobs.translation.translate import TranslateError, translate  # noqa: E402
 from cyclegan_local import local_s3  # noqa: E402
 
 BUCKET, SIZE = "bench", 32

@@ -2,7 +2,7 @@
 
 Measures images/s (2 images per step: one of each domain) at 256x256, batch 1, for
   seed      the notebook's networks and @tf.function train_batch, float32, written as it is there
-  ours-f32  cyclegan_jobs.model.CycleGAN.train_step, float32
+  ours-f32  cyclegan_jobs.training.model.CycleGAN.train_step, float32
   ours-auto the same at --precision auto (bfloat16 on CPUs with AVX512-BF16/AMX)
 Rounds are interleaved so that machine noise hits every configuration alike; the median round
 counts. Run: `.venv/bin/python benchmarks/train_step.py [--steps 10 --rounds 3 --size 256]`.
@@ -31,8 +31,8 @@ from keras.losses import BinaryCrossentropy, mean_squared_error
 from keras.optimizers import Adam
 
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.model import CycleGAN, make_optimizer
 from cyclegan_jobs.runtime import resolve_precision
+from cyclegan_jobs.training.model import CycleGAN, make_optimizer
 
 # The seed notebook's code, kept as close to it as Keras 3 allows (shared residual blocks
 # too), in its own pieces: downsample, upsample, ResnetIdentityBlock, generator,

@@ -73,7 +73,7 @@ from PIL import Image
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.config import TranslateConfig, preset
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.tiles import Grid, cut
+from cyclegan_jobs.translation.tiles import Grid, cut
 from cyclegan_local import local_s3
 
 HERE = Path(__file__).resolve().parent
@@ -125,7 +125,7 @@ def goal(met: bool) -> str:
 
 def make_version(store: str, preset_name: str, size: int) -> str:
     """A promoted version with freshly initialised generators."""
-    from cyclegan_jobs.networks import build_generator
+    from cyclegan_jobs.training.networks import build_generator
 
     model_cfg, _ = preset(preset_name, size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +200,7 @@ def model_alone(version_uri: str, model_cfg, precision: str, batch: int, n: int)
 
 def part_model(args: argparse.Namespace, tmp: Path) -> None:
     from cyclegan_jobs.runtime import resolve_precision
-    from cyclegan_jobs.translate import translate
+    from cyclegan_jobs.translation.translate import translate
 
     precision = resolve_precision("auto")
     store = "s3://bench/models"
@@ -971,7 +971,7 @@ def memory_faces(args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, 
 def run_tiles(height: int, width: int, model_cfg) -> tuple[int, int, Grid]:
     """The tile and margin a `--size native` run uses (translate._geometry with the config's
     defaults) and the grid of one height x width picture."""
-    from cyclegan_jobs.translate import _geometry
+    from cyclegan_jobs.translation.translate import _geometry
 
     cfg = SimpleNamespace(size="native", tile=TranslateConfig.tile,
                           tile_margin=TranslateConfig.tile_margin)  # fmt: skip

@@ -119,8 +119,9 @@ class StageClock:
 
 
 def install_stage_clock(clock: StageClock) -> None:
-    """Wrap the stage functions (before cyclegan_jobs.translate is imported, so that names it
-    imports with `from .x import y` are the wrapped ones) and botocore's API calls."""
+    """Wrap the stage functions (before cyclegan_jobs.translation.translate is imported, so
+    that names it imports with `from x import y` are the wrapped ones) and botocore's API
+    calls."""
     for (owner, attr), stage in stage_functions().items():
         if hasattr(owner, attr):
             setattr(owner, attr, clock.wrap(stage, getattr(owner, attr)))
@@ -160,7 +161,7 @@ class IdentityGenerators:
 def use_identity_model(clock: StageClock | None) -> None:
     """Generators.load (the new pipeline) and Translator (the pipeline before it) -> identity."""
     from cyclegan_jobs import inference
-    from cyclegan_jobs import translate as job
+    from cyclegan_jobs.translation import translate as job
 
     def load(cls, version_uri, model_cfg, precision="auto", names=None, **kw):
         return IdentityGenerators(model_cfg.image_size, clock)
@@ -209,7 +210,7 @@ def steady_rate(times: list[float], skip: int) -> float | None:
 def record_infer_calls(calls: list[tuple[float, float, int]]) -> None:
     """Note each model call of the pipeline (start, end, tiles in the batch): the first one also
     loads and compiles; the rest is the steady state."""
-    from cyclegan_jobs import translate as job
+    from cyclegan_jobs.translation import translate as job
 
     infer = job._infer
 
@@ -276,7 +277,7 @@ def main() -> None:
     record_output_times(done_times)
     record_infer_calls(infer_calls)
     from cyclegan_jobs import storage
-    from cyclegan_jobs.translate import translate
+    from cyclegan_jobs.translation.translate import translate
 
     if args.identity:
         use_identity_model(clock)

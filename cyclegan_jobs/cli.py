@@ -8,9 +8,9 @@ import logging
 import sys
 from typing import Any
 
-from . import errors
-from .config import Thresholds, TranslateConfig
-from .options import COMMANDS, add_arguments
+from cyclegan_jobs import errors
+from cyclegan_jobs.config import Thresholds, TranslateConfig
+from cyclegan_jobs.options import COMMANDS, add_arguments
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _config(cls: type, args: argparse.Namespace, **values: Any) -> Any:
 
 
 def _translate(args: argparse.Namespace) -> dict[str, Any]:
-    from .translate import translate
+    from cyclegan_jobs.translation.translate import translate
 
     cfg = _config(
         TranslateConfig,
@@ -48,7 +48,7 @@ def _translate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from .evaluate import evaluate
+    from cyclegan_jobs.evaluation.evaluate import evaluate
 
     return evaluate(
         args.model,
@@ -62,7 +62,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _gate(args: argparse.Namespace) -> dict[str, Any]:
-    from .evaluate import gate
+    from cyclegan_jobs.evaluation.evaluate import gate
 
     thresholds = Thresholds(args.min_cycle_psnr, args.psnr_tolerance, args.swd_tolerance)
     return gate(
@@ -77,13 +77,13 @@ def _gate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
-    from .shards import plan_shards
+    from cyclegan_jobs.translation.shards import plan_shards
 
     return plan_shards(_config(TranslateConfig, args), args.shard_size)
 
 
 def _merge(args: argparse.Namespace) -> dict[str, Any]:
-    from .shards import merge_runs
+    from cyclegan_jobs.translation.shards import merge_runs
 
     if not 0.0 <= args.max_failure_rate <= 1.0:
         raise ValueError("max failure rate must be in [0, 1]")
@@ -93,7 +93,7 @@ def _merge(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _new_data(args: argparse.Namespace) -> dict[str, Any]:
-    from .retrain import new_data
+    from cyclegan_jobs.retrain import new_data
 
     return new_data(args.domain_b, args.model_store)
 
@@ -101,8 +101,8 @@ def _new_data(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     import dataclasses
 
-    from .config import PRESET_BATCH_SIZE, PRESET_SELECT_EVERY, TrainConfig, preset
-    from .train import train
+    from cyclegan_jobs.config import PRESET_BATCH_SIZE, PRESET_SELECT_EVERY, TrainConfig, preset
+    from cyclegan_jobs.training.train import train
 
     # Flags left out (None) mean the preset's choice.
     model_cfg, loss_cfg = preset(args.preset, args.image_size)
@@ -126,7 +126,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> Any:
-    from . import registry
+    from cyclegan_jobs import registry
 
     store = args.model_store
     if args.action == "list":
@@ -141,7 +141,7 @@ def _models(args: argparse.Namespace) -> Any:
 
 
 def _sample_data(args: argparse.Namespace) -> dict[str, Any]:
-    from .sample_data import write_sample_domains
+    from cyclegan_jobs.sample_data import write_sample_domains
 
     return write_sample_domains(
         args.out, n_a=args.n_a, n_b=args.n_b, size=args.size, seed=args.seed
@@ -155,7 +155,7 @@ _DOMAIN_ARGS = ("domain_a", "domain_b")
 
 def _check_uri_args(args: argparse.Namespace) -> None:
     """Refuse a malformed URI argument before any work: InvalidURIError naming the flag."""
-    from .storage import InvalidURIError, check_uri, is_s3
+    from cyclegan_jobs.storage import InvalidURIError, check_uri, is_s3
 
     for dest in (*_URI_ARGS, *_DOMAIN_ARGS, "work_dir"):
         value = getattr(args, dest, None)
@@ -212,10 +212,10 @@ def run(argv: list[str], *, log_to_stderr: bool = True) -> tuple[int, Any]:
     logging.getLogger("cyclegan_jobs").setLevel(logging.INFO)  # progress is INFO
     if log_to_stderr:
         _log_to_stderr()
-    from . import storage
+    from cyclegan_jobs import storage
 
     if args.command in _TF_COMMANDS:
-        from .runtime import start_tensorflow
+        from cyclegan_jobs.runtime import start_tensorflow
 
         start_tensorflow()
 

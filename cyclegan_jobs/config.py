@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError
+from cyclegan_jobs.errors import ConfigError
 
 # The choices the CLI and the Airflow forms offer, defined once (this module imports nothing
 # heavy, so DAG files can read them when they are parsed).
@@ -83,7 +83,7 @@ class ModelConfig:
     def per_image_norm(self) -> bool:
         """Whether the generators normalize with each image's own statistics (the ResNet's
         instance norm; the U-Net's BatchNorm is a fixed per-pixel map at inference). In tiles
-        they need the whole picture's statistics: cyclegan_jobs/norm_stats.py."""
+        they need the whole picture's statistics: cyclegan_jobs/translation/norm_stats.py."""
         return self.architecture == "resnet"
 
 

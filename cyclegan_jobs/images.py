@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from cyclegan_jobs.errors import ImageDecodeError
 
 # Decoders we accept. Pillow can open many more (PSD, ICO, EPS via Ghostscript, ...), but every
 # extra decoder is attack surface for files dropped into a public input bucket. MPO is how Pillow

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import norm_stats, registry
+from cyclegan_jobs import registry
+from cyclegan_jobs.translation import norm_stats
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class Generators:
     `apply()` gives one generator's float output, for metrics that must see NaNs.
 
     Generators with instance norm (`per_image_norm`: the paper preset) also take a row of
-    statistics per image for tiles (cyclegan_jobs/norm_stats.py): `stats()` of a downscaled
-    copy of the whole picture, or `own_stats()` for a tile that is a whole picture.
+    statistics per image for tiles (cyclegan_jobs/translation/norm_stats.py): `stats()` of a
+    downscaled copy of the whole picture, or `own_stats()` for a tile that is a whole picture.
     """
 
     def __init__(
@@ -53,8 +54,8 @@ class Generators:
         precision: str = "auto",
         strategy: tf.distribute.Strategy | None = None,
     ):
-        from .networks import build_generator
-        from .runtime import POLICIES, distribution_strategy, resolve_precision
+        from cyclegan_jobs.runtime import POLICIES, distribution_strategy, resolve_precision
+        from cyclegan_jobs.training.networks import build_generator
 
         self.precision = resolve_precision(precision)
         self.strategy = strategy or distribution_strategy()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import (
+from cyclegan_jobs.config import (
     DIRECTIONS,
     FORMATS,
     IMAGE_SIZES,

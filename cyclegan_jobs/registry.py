@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_jobs import storage
-
-from .errors import RegistryError
+from cyclegan_jobs.errors import RegistryError
 
 VERSION_FILE = "VERSION.json"
 POINTER_FILE = "PROMOTED.json"
@@ -336,7 +335,7 @@ def load_model(version_uri: str, name: str) -> Any:
 
     import keras
 
-    from . import networks  # noqa: F401  registers our layers, which the config names
+    from cyclegan_jobs.training import networks  # noqa: F401  registers our layers, which the config names
 
     uri = storage.join(version_uri, f"{name}.keras")
     try:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import registry, storage
-from .datasets import source_snapshot
+from cyclegan_jobs import registry, storage
+from cyclegan_jobs.training.datasets import source_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -219,7 +219,7 @@ def _ensure_model(root: Path, size: int, epochs: int) -> tuple[str, bool]:
     if pointer is not None:
         _say(f"model: {pointer['version']} already promoted; no training")
         return pointer["version"], False
-    from cyclegan_jobs.train import train
+    from cyclegan_jobs.training.train import train
 
     # A fixed run id: a run interrupted by Ctrl-C resumes from its last mirrored checkpoint.
     run_id = f"local-default-{TRAIN_PRESET}-{size}px-{epochs}ep"
@@ -256,7 +256,7 @@ def _ensure_model(root: Path, size: int, epochs: int) -> tuple[str, bool]:
 def first_result(input_uri: str = INPUT, output_uri: str = OUTPUT) -> dict[str, Any]:
     """The outputs scored against the known mapping of the sample data (evaluate.score_outputs),
     said in one line and returned rounded; the goals are the README's (issue 21)."""
-    from cyclegan_jobs.evaluate import score_outputs
+    from cyclegan_jobs.evaluation.evaluate import score_outputs
 
     try:
         s = score_outputs(input_uri, output_uri, KNOWN_STYLE)
@@ -274,7 +274,7 @@ def first_result(input_uri: str = INPUT, output_uri: str = OUTPUT) -> dict[str, 
 
 
 def _translate(root: Path) -> dict[str, Any]:
-    from cyclegan_jobs.translate import translate
+    from cyclegan_jobs.translation.translate import translate
 
     _say(f"translating {INPUT} -> {OUTPUT}")
     return translate(

@@ -75,7 +75,7 @@ def resolve_model(params: dict | None = None) -> str:
 def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) -> dict:
     """Pending inputs, cut into shard files; returns their URIs and counts (no keys)."""
     from cyclegan_jobs.config import TranslateConfig, parse_size
-    from cyclegan_jobs.shards import plan_shards
+    from cyclegan_jobs.translation.shards import plan_shards
 
     use_connection(SETTINGS.aws_conn_id)
     cfg = TranslateConfig(
@@ -117,7 +117,7 @@ def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]
 def summarize(planned: dict, params: dict | None = None, **context) -> dict:
     """Merge the shards' manifests into the run's summary and contact sheet, link them;
     fail above the failure rate."""
-    from cyclegan_jobs.shards import merge_runs
+    from cyclegan_jobs.translation.shards import merge_runs
 
     use_connection(SETTINGS.aws_conn_id)
     summary = merge_runs(

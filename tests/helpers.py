@@ -179,7 +179,7 @@ def random_version(store: str, preset_name: str = "tiny", size: int = 32, **chan
 
     from cyclegan_jobs import registry
     from cyclegan_jobs.config import preset
-    from cyclegan_jobs.networks import build_generator
+    from cyclegan_jobs.training.networks import build_generator
 
     model_cfg = replace(preset(preset_name, size)[0], **changes)
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,7 +57,7 @@ pytestmark = pytest.mark.slow
 RETRAIN, NIGHTLY = "cyclegan_retrain", "cyclegan_nightly_translate"
 RUN_TIMEOUT = 900  # s: a tiny retrain is about 2 minutes on 2 idle cores, the nightly 1
 TERMINAL = ("success", "failed")
-PROGRESS = re.compile(r"\bepoch \d+/\d+")  # cyclegan_jobs.train's progress lines
+PROGRESS = re.compile(r"\bepoch \d+/\d+")  # cyclegan_jobs.training.train's progress lines
 BAD_LEVELS = ("ERROR", "WARNING", "CRITICAL")
 # The valid trigger: tiny and fast (the sample domains are 64 images each).
 FORM = {"preset": "tiny", "epochs": 1, "image_size": 32, "min_cycle_psnr": 0}

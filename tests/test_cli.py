@@ -107,11 +107,11 @@ TINY_EVERY, TINY_BATCH = PRESET_SELECT_EVERY["tiny"], PRESET_BATCH_SIZE["tiny"]
 @pytest.fixture
 def trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
     """`train` commands run up to the job, which only records the TrainConfig it was given (a
-    stand-in cyclegan_jobs.train module: no TensorFlow, whatever state train.py is in)."""
+    stand-in cyclegan_jobs.training.train module: no TensorFlow, whatever state train.py is in)."""
     configs: list[TrainConfig] = []
-    fake = types.ModuleType("cyclegan_jobs.train")
+    fake = types.ModuleType("cyclegan_jobs.training.train")
     fake.train = lambda cfg: configs.append(cfg) or {"trained": cfg.run_id}
-    monkeypatch.setitem(sys.modules, "cyclegan_jobs.train", fake)
+    monkeypatch.setitem(sys.modules, "cyclegan_jobs.training.train", fake)
     monkeypatch.setattr(runtime, "start_tensorflow", lambda: None)
     return configs
 

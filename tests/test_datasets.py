@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclegan_jobs import datasets
-from cyclegan_jobs.datasets import DataError, load_domain, training_dataset
 from cyclegan_jobs.images import encode_jpeg, encode_png
+from cyclegan_jobs.training import datasets
+from cyclegan_jobs.training.datasets import DataError, load_domain, training_dataset
 
 
 def _solid(value: int, size: int = 20) -> np.ndarray:

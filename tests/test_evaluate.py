@@ -14,10 +14,10 @@ from helpers import tiny_config
 from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.evaluate import Thresholds, evaluate, gate, load_style, score_outputs
-from cyclegan_jobs.networks import build_generator
+from cyclegan_jobs.evaluation.evaluate import Thresholds, evaluate, gate, load_style, score_outputs
 from cyclegan_jobs.sample_data import paint, synthetic_faces, write_sample_domains
-from cyclegan_jobs.train import train
+from cyclegan_jobs.training.networks import build_generator
+from cyclegan_jobs.training.train import train
 
 SIZE = 64
 PAINT = "cyclegan_jobs.sample_data:paint"

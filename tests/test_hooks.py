@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cyclegan_jobs import evaluate, hooks
 from cyclegan_jobs.errors import TrainingError
+from cyclegan_jobs.evaluation import evaluate
+from cyclegan_jobs.training import hooks
 
 
 class _Tracker:

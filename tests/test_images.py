@@ -325,7 +325,7 @@ def test_a_jpeg_is_decoded_at_a_draft_scale_no_smaller_than_the_target() -> None
 def test_decoding_holds_the_picture_and_its_outputs_in_the_budget_until_released() -> None:
     """What decode_at_size leaves held is the result and `keep` pictures of its size, and the
     full-size decode is given back; a picture that fails to decode gives everything back."""
-    from cyclegan_jobs.workers import PixelBudget
+    from cyclegan_jobs.translation.workers import PixelBudget
 
     budget = PixelBudget(10**9)
     big = np.repeat(np.repeat(GRADIENT, 16, axis=0), 16, axis=1)  # 384 x 512

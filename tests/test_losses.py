@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cyclegan_jobs import losses
 from cyclegan_jobs.config import LossConfig, preset
+from cyclegan_jobs.training import losses
 
 
 def _t(values) -> tf.Tensor:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cyclegan_jobs.metrics import (
+from cyclegan_jobs.evaluation.metrics import (
     PSNR_CAP,
     checkerboard_db,
     color_histogram_distance,

@@ -1,4 +1,4 @@
-"""The train step, precision choice, LR schedule and image pool of cyclegan_jobs.model."""
+"""The train step, precision choice, LR schedule and image pool of cyclegan_jobs.training.model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from cyclegan_jobs import runtime
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.model import CycleGAN, ImagePool, LinearDecay, make_optimizer
+from cyclegan_jobs.training.model import CycleGAN, ImagePool, LinearDecay, make_optimizer
 
 
 def _batch(size: int, seed: int) -> tf.Tensor:

@@ -23,7 +23,7 @@ LOG_PREFIX = "[cyclegan_jobs."  # what the CLI's log handler puts before a log r
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real version's files: two tiny 32 px generators and config.json (built once)."""
     from cyclegan_jobs.config import preset
-    from cyclegan_jobs.networks import build_generator
+    from cyclegan_jobs.training.networks import build_generator
 
     model_cfg = preset("tiny", 32)[0]
     folder = tmp_path_factory.mktemp("model")

@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from cyclegan_jobs import networks
 from cyclegan_jobs.config import ConfigError, ModelConfig, preset
-from cyclegan_jobs.model import CycleGAN
-from cyclegan_jobs.networks import build_discriminator, build_generator
 from cyclegan_jobs.sample_data import synthetic_faces
+from cyclegan_jobs.training import networks
+from cyclegan_jobs.training.model import CycleGAN
+from cyclegan_jobs.training.networks import build_discriminator, build_generator
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -122,7 +122,7 @@ def test_model_config_rejects_nonsense() -> None:
 def test_fused_batchnorm_matches_keras_batchnorm(dtype: str) -> None:
     import tensorflow as tf
 
-    from cyclegan_jobs.networks import FusedBatchNorm
+    from cyclegan_jobs.training.networks import FusedBatchNorm
 
     x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (2, 8, 8, 5)).astype("float32"))
     ours, ref = FusedBatchNorm(dtype=dtype), keras.layers.BatchNormalization(dtype=dtype)
@@ -364,7 +364,7 @@ def test_any_size_generators_take_the_same_weights_and_rectangles(name: str) -> 
 
 def test_the_unet_reaches_exactly_its_receptive_field() -> None:
     """One input pixel changed moves outputs up to UNET_REACH px away, and none further: the
-    margin tiles need (cyclegan_jobs/tiles.py)."""
+    margin tiles need (cyclegan_jobs/translation/tiles.py)."""
     keras.utils.set_random_seed(0)
     # Either upsampling reaches 79 px. (Without the residual start, whose zero last conv
     # would move only the changed pixel.)

@@ -1,6 +1,6 @@
-"""Instance norm with whole-image statistics (cyclegan_jobs/norm_stats.py): the paper preset's
-generator run in tiles, each tile normalized with the statistics of the whole image instead of
-its own, equals whole-image inference; per-tile statistics leave seams."""
+"""Instance norm with whole-image statistics (cyclegan_jobs/translation/norm_stats.py): the paper
+preset's generator run in tiles, each tile normalized with the statistics of the whole image
+instead of its own, equals whole-image inference; per-tile statistics leave seams."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from cyclegan_jobs import norm_stats
 from cyclegan_jobs.config import preset
-from cyclegan_jobs.networks import build_generator
-from cyclegan_jobs.tiles import Grid, cut, downscale, paste, small_size
+from cyclegan_jobs.training.networks import build_generator
+from cyclegan_jobs.translation import norm_stats
+from cyclegan_jobs.translation.tiles import Grid, cut, downscale, paste, small_size
 
 # The reach of the paper generator with fixed statistics (test below): 28 px with the 2
 # residual blocks of the small one used here, 84 px with the paper's 9 (tiles need a margin of

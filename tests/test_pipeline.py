@@ -16,8 +16,8 @@ import pytest
 from cyclegan_jobs import cli, images, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
 from cyclegan_jobs.retrain import new_data
-from cyclegan_jobs.shards import merge_runs, plan_shards
-from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_jobs.translation.shards import merge_runs, plan_shards
+from cyclegan_jobs.translation.translate import TranslateError, translate
 
 
 def _version(store: str, tmp_path: Path, snapshot: dict | None = None) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cyclegan_jobs.config import PRESET_BATCH_SIZE, preset
-from cyclegan_jobs.evaluate import load_style
+from cyclegan_jobs.evaluation.evaluate import load_style
 from cyclegan_jobs.sample_data import synthetic_faces
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -1,13 +1,14 @@
-"""Tiling (cyclegan_jobs/tiles.py): windows that cover an image once with a margin from every cut,
-and a stitched result equal to whole-image processing for any operator whose reach is within the
-margin (a stand-in for the generator's receptive field, without TensorFlow)."""
+"""Tiling (cyclegan_jobs/translation/tiles.py): windows that cover an image once with a margin
+from every cut, and a stitched result equal to whole-image processing for any operator whose
+reach is within the margin (a stand-in for the generator's receptive field, without
+TensorFlow)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cyclegan_jobs.tiles import Grid, cut, paste, spans
+from cyclegan_jobs.translation.tiles import Grid, cut, paste, spans
 
 
 def _box_sum(image: np.ndarray, reach: int) -> np.ndarray:
@@ -90,7 +91,7 @@ def test_the_stitcher_puts_interleaved_tiles_of_many_images_back_together() -> N
     """Tiles of several images, shuffled across batches as tf.data would mix them, each through
     an operator whose reach is within the margin: every image comes back whole, equal to the
     operator on the whole image, once, and nothing is left pending."""
-    from cyclegan_jobs.tiles import Stitcher
+    from cyclegan_jobs.translation.tiles import Stitcher
 
     rng = np.random.default_rng(9)
     shapes = [(300, 400), (23, 37), (64, 64), (130, 500), (1, 90)]

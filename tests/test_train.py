@@ -13,13 +13,14 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
-from cyclegan_jobs import hooks, losses, registry, storage
+from cyclegan_jobs import registry, storage
 from cyclegan_jobs.config import TrainConfig, preset
-from cyclegan_jobs.datasets import DataError
 from cyclegan_jobs.inference import load_generators
-from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import write_npy, write_sample_domains
-from cyclegan_jobs.train import Trainer, TrainingError, train
+from cyclegan_jobs.training import hooks, losses
+from cyclegan_jobs.training.datasets import DataError
+from cyclegan_jobs.training.networks import build_generator
+from cyclegan_jobs.training.train import Trainer, TrainingError, train
 
 SIZE = 32
 
@@ -190,7 +191,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cyclegan_jobs.config import TrainConfig, preset
-from cyclegan_jobs.train import train
+from cyclegan_jobs.training.train import train
 model_cfg, loss_cfg = preset("tiny", 32)
 cfg = TrainConfig(
     domain_a=sys.argv[1], domain_b=sys.argv[2], model_store=sys.argv[3], model=model_cfg,
@@ -229,7 +230,7 @@ def test_time_budget_finishes_early_with_a_version(sample, tmp_path, caplog) -> 
     # each slow stage announced before it starts; a healthy run logs no warning.
     ours = [r for r in caplog.records if r.name.startswith("cyclegan_jobs")]
     assert {r.levelno for r in ours} == {logging.INFO}, [r.getMessage() for r in ours]
-    said = [r.getMessage() for r in ours if r.name == "cyclegan_jobs.train"]
+    said = [r.getMessage() for r in ours if r.name == "cyclegan_jobs.training.train"]
     for stage in ("loading domain a", "loading domain b", "building the tiny model"):
         assert any(m.startswith(stage) for m in said), (stage, said)
     assert any("compiling the training step" in m for m in said)
@@ -276,9 +277,9 @@ def selected(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_selection_exports_the_earlier_better_weights(selected, sample, tmp_path) -> None:
-    from cyclegan_jobs.datasets import load_domain
-    from cyclegan_jobs.evaluate import selection_metrics
+    from cyclegan_jobs.evaluation.evaluate import selection_metrics
     from cyclegan_jobs.inference import Generators
+    from cyclegan_jobs.training.datasets import load_domain
 
     summary, vuri = selected["summary"], selected["summary"]["version_uri"]
     assert summary["steps"] == 24

@@ -22,11 +22,11 @@ from PIL import Image
 from cyclegan_jobs import images, registry, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import ConfigError, TranslateConfig, preset
-from cyclegan_jobs.networks import build_generator
 from cyclegan_jobs.sample_data import synthetic_faces, write_sample_domains
-from cyclegan_jobs.tiles import Grid
-from cyclegan_jobs.train import train
-from cyclegan_jobs.translate import TranslateError, shard_of, translate, unsafe_reason
+from cyclegan_jobs.training.networks import build_generator
+from cyclegan_jobs.training.train import train
+from cyclegan_jobs.translation.tiles import Grid
+from cyclegan_jobs.translation.translate import TranslateError, shard_of, translate, unsafe_reason
 
 SIZE = 32
 

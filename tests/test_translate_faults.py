@@ -46,7 +46,7 @@ from cyclegan_jobs import storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_jobs.translation.translate import TranslateError, translate
 from cyclegan_local import local_s3
 
 SIZE = 32

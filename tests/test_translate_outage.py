@@ -20,7 +20,7 @@ from helpers import free_port, random_version
 from cyclegan_jobs import images, storage
 from cyclegan_jobs.config import S3_OUTAGE_WAIT_S, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_jobs.translation.translate import TranslateError, translate
 from cyclegan_local import local_s3
 
 SIZE = 32

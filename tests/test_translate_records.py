@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from cyclegan_jobs import cli, images, ledger, registry, storage
+from cyclegan_jobs import cli, images, registry, storage
 from cyclegan_jobs.config import ModelConfig, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.shards import merge_runs
-from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_jobs.translation import ledger
+from cyclegan_jobs.translation.shards import merge_runs
+from cyclegan_jobs.translation.translate import TranslateError, translate
 
 SIZE = 32
 

@@ -15,12 +15,13 @@ import pytest
 from helpers import random_version
 from PIL import Image
 
-from cyclegan_jobs import ledger, storage
+from cyclegan_jobs import storage
 from cyclegan_jobs.config import TranslateConfig
-from cyclegan_jobs.shards import plan_shards
-from cyclegan_jobs.stages import shard_of
-from cyclegan_jobs.translate import TranslateError, translate
-from cyclegan_jobs.workers import PixelBudget
+from cyclegan_jobs.translation import ledger
+from cyclegan_jobs.translation.shards import plan_shards
+from cyclegan_jobs.translation.stages import shard_of
+from cyclegan_jobs.translation.translate import TranslateError, translate
+from cyclegan_jobs.translation.workers import PixelBudget
 
 SIZE = 32
 

@@ -36,7 +36,7 @@ from cyclegan_jobs import images, storage
 from cyclegan_jobs.cli import main
 from cyclegan_jobs.config import S3_OUTAGE_WAIT_S, ConfigError, TranslateConfig
 from cyclegan_jobs.sample_data import synthetic_faces
-from cyclegan_jobs.translate import TranslateError, translate
+from cyclegan_jobs.translation.translate import TranslateError, translate
 from cyclegan_local import local_s3
 
 SIZE = 32

@@ -14,11 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidURIError, NotFoundError, StorageError, SystemicError
-from .base import ObjectInfo, Store
-from .local import LocalStore, atomic_write
-from .s3 import MAX_LINK_SECONDS, MAX_WORKERS, THROTTLED_MAX_ATTEMPTS, S3Client, S3Store
-from .uris import S3_SCHEME, check_uri, is_s3, join, local_path, split_s3
+from cyclegan_jobs.errors import InvalidURIError, NotFoundError, StorageError, SystemicError
+from cyclegan_jobs.storage.base import ObjectInfo, Store
+from cyclegan_jobs.storage.local import LocalStore, atomic_write
+from cyclegan_jobs.storage.s3 import (
+    MAX_LINK_SECONDS,
+    MAX_WORKERS,
+    THROTTLED_MAX_ATTEMPTS,
+    S3Client,
+    S3Store,
+)
+from cyclegan_jobs.storage.uris import S3_SCHEME, check_uri, is_s3, join, local_path, split_s3
 
 __all__ = [
     "MAX_LINK_SECONDS", "MAX_WORKERS", "S3", "S3_SCHEME", "THROTTLED_MAX_ATTEMPTS",

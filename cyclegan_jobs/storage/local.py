@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import NotFoundError, StorageError
-from .base import CHUNK, ObjectInfo
-from .uris import local_path
+from cyclegan_jobs.errors import NotFoundError, StorageError
+from cyclegan_jobs.storage.base import CHUNK, ObjectInfo
+from cyclegan_jobs.storage.uris import local_path
 
 # Temporary files of atomic local writes start with this, so listings can skip them.
 TMP_PREFIX = ".tmp-cyclegan-"

@@ -23,10 +23,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ..config import S3_OUTAGE_WAIT_S
-from ..errors import NotFoundError, StorageError, SystemicError
-from .base import CHUNK, ObjectInfo
-from .uris import S3_SCHEME, split_s3
+from cyclegan_jobs.config import S3_OUTAGE_WAIT_S
+from cyclegan_jobs.errors import NotFoundError, StorageError, SystemicError
+from cyclegan_jobs.storage.base import CHUNK, ObjectInfo
+from cyclegan_jobs.storage.uris import S3_SCHEME, split_s3
 
 log = logging.getLogger(__name__)
 # Enough parallel transfers to hide S3 latency, matched to the client's connection pool.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import InvalidURIError
+from cyclegan_jobs.errors import InvalidURIError
 
 S3_SCHEME = "s3://"
 # A URI scheme (RFC 3986) at the start: "s3:", "gs:", "http:", "S3:", ... ("tfds:" is not ours).

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from . import images, ledger, registry, storage
-from .config import ModelConfig, TranslateConfig, model_config_from_dict
-from .errors import SystemicError
-from .stages import (
+from cyclegan_jobs import images, registry, storage
+from cyclegan_jobs.config import ModelConfig, TranslateConfig, model_config_from_dict
+from cyclegan_jobs.errors import SystemicError
+from cyclegan_jobs.translation import ledger
+from cyclegan_jobs.translation.stages import (
     Item,
     Manifest,
     Store,
@@ -44,8 +45,8 @@ from .stages import (
     sources,
     unsafe_reason,
 )
-from .tiles import PictureStats, Stitcher, TileRef
-from .workers import PixelBudget, Processes, Producer, StallClock, Threads
+from cyclegan_jobs.translation.tiles import PictureStats, Stitcher, TileRef
+from cyclegan_jobs.translation.workers import PixelBudget, Processes, Producer, StallClock, Threads
 
 __all__ = ["TranslateError", "translate", "shard_of", "unsafe_reason"]
 
@@ -442,7 +443,7 @@ def _thumbnail(picture: np.ndarray, cell: int) -> np.ndarray:
 
 def _load_generators(run: Run, tile: int) -> Any:
     """The run's generators, built for tile x tile inputs."""
-    from .inference import Generators
+    from cyclegan_jobs.inference import Generators
 
     t = time.time()
     log.info("loading model %s", run.version)
@@ -460,7 +461,7 @@ def _load_generators(run: Run, tile: int) -> Any:
 
 
 def _nets(cfg: TranslateConfig) -> tuple[str, ...]:
-    from .inference import DIRECTION_NETS
+    from cyclegan_jobs.inference import DIRECTION_NETS
 
     names = DIRECTION_NETS[cfg.direction]
     return names if cfg.reconstruct else names[:1]

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from . import images, ledger, storage
-from .config import TranslateConfig
-from .errors import TranslateError
-from .workers import PixelBudget, child_budget
+from cyclegan_jobs import images, storage
+from cyclegan_jobs.config import TranslateConfig
+from cyclegan_jobs.errors import TranslateError
+from cyclegan_jobs.translation import ledger
+from cyclegan_jobs.translation.workers import PixelBudget, child_budget
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .config import LossConfig
+from cyclegan_jobs.config import LossConfig
 
 
 def _f32(x: tf.Tensor) -> tf.Tensor:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import storage
-from .errors import StalledError, SystemicError
+from cyclegan_jobs import storage
+from cyclegan_jobs.errors import StalledError, SystemicError
 
 
 class StallClock:

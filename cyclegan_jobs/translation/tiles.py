@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import images
+from cyclegan_jobs import images
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from .config import ModelConfig
+from cyclegan_jobs.config import ModelConfig
 
 # The seed's LeakyReLU() uses the Keras default slope, 0.3.
 SEED_LEAKY_SLOPE = 0.3

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from . import images, ledger, storage
-from .config import TranslateConfig
-from .errors import SystemicError, TranslateError
-from .stages import UP_TO_DATE, Triage, failed_share, sources
-from .translate import checked_listing, new_run_id, open_run, triage_one
+from cyclegan_jobs import images, storage
+from cyclegan_jobs.config import TranslateConfig
+from cyclegan_jobs.errors import SystemicError, TranslateError
+from cyclegan_jobs.translation import ledger
+from cyclegan_jobs.translation.stages import UP_TO_DATE, Triage, failed_share, sources
+from cyclegan_jobs.translation.translate import checked_listing, new_run_id, open_run, triage_one
 
 log = logging.getLogger(__name__)
 

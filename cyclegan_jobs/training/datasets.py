@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cyclegan_jobs import storage
+from cyclegan_jobs.errors import DataError
 from cyclegan_jobs.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize
-
-from .errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import datasets, hooks, images, plots, registry, storage
-from .config import TrainConfig
-from .errors import TrainingError
-from .model import CycleGAN, float32_copy, make_optimizer, set_determinism
-from .runtime import distribution_strategy, resolve_precision
+from cyclegan_jobs import images, plots, registry, storage
+from cyclegan_jobs.config import TrainConfig
+from cyclegan_jobs.errors import TrainingError
+from cyclegan_jobs.runtime import distribution_strategy, resolve_precision
+from cyclegan_jobs.training import datasets, hooks
+from cyclegan_jobs.training.model import CycleGAN, float32_copy, make_optimizer, set_determinism
 
 log = logging.getLogger(__name__)
 

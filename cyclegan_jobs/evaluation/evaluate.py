@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, metrics, registry, storage
-from .config import Thresholds, model_config_from_dict
-from .images import to_uint8
+from cyclegan_jobs import registry, storage
+from cyclegan_jobs.config import Thresholds, model_config_from_dict
+from cyclegan_jobs.evaluation import metrics
+from cyclegan_jobs.images import to_uint8
+from cyclegan_jobs.training import datasets
 
 BATCH = 32
 
@@ -63,7 +65,7 @@ def evaluate(
     paired:   PSNR / SSIM of G_BA(b) vs style(b) when a ground-truth style is given.
     Non-finite values are reported as null and listed under "non_finite".
     """
-    from .inference import Generators
+    from cyclegan_jobs.inference import Generators
 
     config = storage.read_json(storage.join(version_uri, "config.json"))
     model_cfg = model_config_from_dict(config["model"])
@@ -160,8 +162,8 @@ def score_outputs(input_uri: str, output_uri: str, style_spec: str) -> dict[str,
     cycle PSNR (reconstructed against x) and the stylized outputs' checkerboard_db, each input
     at its outputs' size (images.resize, when the job wrote another size). Inputs without both
     outputs are counted as `unscored`, not skipped silently."""
-    from .images import decode_image, resize
-    from .stages import output_rel
+    from cyclegan_jobs.images import decode_image, resize
+    from cyclegan_jobs.translation.stages import output_rel
 
     style = load_style(style_spec)
     inputs, stylized, rebuilt, unscored = [], [], [], []

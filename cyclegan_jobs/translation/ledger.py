@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from . import storage
+from cyclegan_jobs import storage
 
 log = logging.getLogger(__name__)
 

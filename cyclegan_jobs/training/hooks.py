@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .train import Trainer
+    from cyclegan_jobs.training.train import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class NonFiniteGuard(Hook):
     def after_step(self, t: Trainer, logs: dict[str, float]) -> None:
         bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
         if bad:
-            from .errors import TrainingError
+            from cyclegan_jobs.errors import TrainingError
 
             losses_text = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise TrainingError(
@@ -170,7 +170,7 @@ class ModelSelection(Hook):
     """
 
     def __init__(self, every: int, floor: float | None = None):
-        from .config import Thresholds
+        from cyclegan_jobs.config import Thresholds
 
         self.every = every
         self.floor = Thresholds().min_cycle_psnr if floor is None else floor
@@ -180,7 +180,7 @@ class ModelSelection(Hook):
         self.held: dict[str, np.ndarray] = {}
 
     def start(self, t: Trainer) -> None:
-        from .inference import GENERATORS, Generators
+        from cyclegan_jobs.inference import GENERATORS, Generators
 
         if not self.every:  # off: no scoring, no copies of the generators
             return
@@ -203,7 +203,7 @@ class ModelSelection(Hook):
         step = t.state.step
         if not self.every or (step % self.every and not t.state.last_of_training):
             return
-        from .evaluate import selection_metrics
+        from cyclegan_jobs.evaluation.evaluate import selection_metrics
 
         for name, net in self.gens.nets.items():
             net.set_weights(t.cg.networks[name].get_weights())

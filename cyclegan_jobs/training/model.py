@@ -14,10 +14,10 @@ import os
 import keras
 import tensorflow as tf
 
-from . import losses
-from .config import LossConfig, ModelConfig
-from .networks import build_discriminator, build_generator
-from .runtime import POLICIES
+from cyclegan_jobs.config import LossConfig, ModelConfig
+from cyclegan_jobs.runtime import POLICIES
+from cyclegan_jobs.training import losses
+from cyclegan_jobs.training.networks import build_discriminator, build_generator
 
 
 @keras.saving.register_keras_serializable(package="cyclegan_jobs")
@@ -239,7 +239,7 @@ class CycleGAN(keras.Model):
 
     def translate(self, a, b):
         """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float in [-1, 1]."""
-        from .inference import cycle
+        from cyclegan_jobs.inference import cycle
 
         return (*cycle(self.gen_ab, self.gen_ba, a), *cycle(self.gen_ba, self.gen_ab, b))
 
