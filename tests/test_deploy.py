@@ -123,7 +123,7 @@ def test_dockerfile_stages_are_non_root_with_healthchecks_and_real_copies() -> N
         assert re.search(r"^USER\s+50000\s*$", body, flags=re.M), f"{name} runs as root"
         assert "HEALTHCHECK" in body, f"{name} has no healthcheck"
     assert "tensorflow" not in stages["airflow"].lower()  # the Airflow image has no TensorFlow
-    # ... but the package without its dependencies: the DAG files read cyclegan_jobs.config.
+    # ... but the package without its dependencies: the DAG files read cyclegan_jobs.options.
     assert "pip install --no-deps ." in stages["airflow"]
     assert 'ENTRYPOINT ["cyclegan-jobs"]' in stages["job"]
     for sources in re.findall(r"^COPY(?:\s+--\S+)*\s+(.+?)\s+\S+$", dockerfile, flags=re.M):
