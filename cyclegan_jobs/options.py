@@ -46,9 +46,10 @@ REQUIRED = object()  # the default of an option that must be given
 @dataclass(frozen=True)
 class Option:
     """One option. `kind`: int, float, str, bool (a flag: given or not), or a parser (text ->
-    value; it raises ValueError on bad text). `minimum` is checked by the command line for
-    ints (as argparse types); floats are checked by the configs they fill, and the forms check
-    every bound. `positional`: an argument without `--` (`nargs` as argparse takes it)."""
+    value, raising argparse.ArgumentTypeError on bad text). `minimum` is checked by the command
+    line for ints (as argparse types); floats are checked by the configs they fill, and the
+    forms check every bound. `positional`: an argument without `--` (`nargs` as argparse takes
+    it, or "append" for a repeatable flag)."""
 
     name: str
     kind: type | Callable[[str], Any] = str
@@ -60,6 +61,7 @@ class Option:
     metavar: str | None = None
     positional: bool = False
     nargs: str | None = None
+    env: str | None = None  # an environment variable that gives the default when set
 
     @property
     def flag(self) -> str:
@@ -145,8 +147,7 @@ S3_OUTAGE_WAIT = Option(
 )
 RESULT_FILE = Option(
     "result_file",
-    # Read when the parser is built: the environment of the process that runs the command.
-    default=None,
+    env="CYCLEGAN_RESULT_FILE",  # read when the parser is built, in the command's process
     help="also write the JSON result here (default: $CYCLEGAN_RESULT_FILE; in a pod "
     "/airflow/xcom/return.json, which Airflow turns into the task's XCom)",
 )
@@ -440,8 +441,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: Command) -> None:
             target.add_argument(option.flag, action="append", default=[], **kwargs)
             continue
         default = None if option.required else option.default
-        if option.name == RESULT_FILE.name:
-            default = os.environ.get("CYCLEGAN_RESULT_FILE") or None
+        if option.env:
+            default = os.environ.get(option.env) or default
         kwargs.update(type=_argparse_type(option), choices=option.choices, metavar=option.metavar)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if option.positional:
@@ -466,6 +467,8 @@ def command_line(command: str, values: dict[str, Any]) -> list[str]:
         value = values.get(option.name)
         if option.positional:
             args += [] if value is None else [str(value)]
+        elif isinstance(value, list | tuple) and option.nargs == "append":
+            args += [part for item in value for part in (option.flag, str(item))]
         elif value is True:
             args.append(option.flag)
         elif value is not None and value is not False:

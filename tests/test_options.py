@@ -73,8 +73,8 @@ def test_a_rendered_command_line_reads_back_as_the_values_given(name: str) -> No
         if option.name in command.exclusive[1:]:  # one of a mutually exclusive pair
             continue
         values[option.name], expected[option.name] = _sample(option)
-    if "shard_run_id" in values:  # repeated per shard: a list, rendered as one
-        values["shard_run_id"], expected["shard_run_id"] = "r-0", ["r-0"]
+    if "shard_run_id" in values:  # repeated per shard
+        values["shard_run_id"], expected["shard_run_id"] = ["r-0", "r-1"], ["r-0", "r-1"]
     argv = options.command_line(name, values)
     read = vars(build_parser().parse_args(argv))
     assert {k: read[k] for k in expected} == expected
