@@ -13,7 +13,8 @@ model  With the seed-size generators (random weights: speed does not depend on t
 feed   (d) the whole `translate` pipeline with the model replaced by the identity function:
        256x256 JPEG faces and 1024x768 phone-photo JPEGs (~130 KB) in, 256x256 PNG and JPEG out,
        each case in a fresh process pinned with `taskset -c 0` and with `taskset -c 0,1`;
-       images/s after the first batch (the summary's figure), per core, and the 2/1-core ratio.
+       images/s after the first batch (the summary's figure), per core, and the 2/1-core ratio;
+       --s3-backends boto3 obstore runs each case with both S3 clients (obstore_store.py).
 profile (d) on 1 core, 1024x768 -> PNG, under py-spy (all threads; `pip install py-spy` into the
        venv, not a requirement) with the stage functions timed by per-thread CPU clocks: a table
        of ms per image per stage and the top functions.
@@ -35,7 +36,8 @@ speed  Native-size phone-photo JPEGs, 1024x768 (--speed-photos) and 4032x3024 (-
 Run: `.venv/bin/python benchmarks/translate.py [--only feed profile memory model speed]
       [--feed-images 300] [--images 256] [--ref REF] [--baseline-ref REF] [--wait-quiet 900]
       [--big-count 20] [--big-side 7000] [--faces 200 2000] [--tiny-budget 50]
-      [--speed-photos 4] [--speed-big 1] [--speed-batch 32] [--speed-reps 2]`.
+      [--speed-photos 4] [--speed-big 1] [--speed-batch 32] [--speed-reps 2]
+      [--s3-backends boto3 obstore]`.
 --ref measures a commit's cyclegan_jobs instead of the working tree's; --baseline-ref adds the
 1024x768 -> PNG feed case with another commit's (e.g. the pipeline before). Other processes on
 the machine skew the pinned figures: each feed row shows their share of the CPUs ('others'),
@@ -272,6 +274,7 @@ def run_probe(
     code: Path | None = None,
     profile_raw: Path | None = None,
     size: str | None = None,
+    s3_backend: str = "boto3",
 ) -> dict:
     """Run translate_probe.py in a fresh process (pinned with taskset to `cores`, optionally under
     py-spy) on a fresh output prefix; its result plus the server's CPU seconds meanwhile."""
@@ -288,6 +291,8 @@ def run_probe(
         cmd += ["--workers", str(workers)]
     if size is not None:
         cmd += ["--size", size]
+    if s3_backend != "boto3":
+        cmd += ["--s3-backend", s3_backend]
     if cores is not None and shutil.which("taskset"):
         cmd = [shutil.which("taskset"), "-c", cores, *cmd]
     if profile_raw is not None:  # py-spy itself is not pinned: it runs beside the probe
@@ -433,15 +438,41 @@ def feed_header(args: argparse.Namespace, server: local_s3.LocalS3) -> None:
     )
 
 
+def feed_line(args: argparse.Namespace, kind: str, fmt: str, label: str, n_cores: int,
+              row: dict) -> str:  # fmt: skip
+    """One case's row of the feed table."""
+    target = GOAL_PER_CORE[fmt]
+    return (
+        f"{FEED_INPUTS[kind][0]:<22}{fmt:<5}{label:<16}{n_cores:>5}"
+        f"{row['rate']:>10.1f}{row['per_core']:>10.1f}"
+        f"{fmt_or_na(row['steady'], 8, 1)}"
+        f"{fmt_or_na(row['first_batch_s'], 12, 2)}"
+        f"{row['overall']:>9.1f}"
+        f"{row['cpu_ms']:>11.1f}{row['server_ms']:>14.1f}{row['rss_mb']:>8.0f}"
+        f"{row['others']:>8.0%}"
+        f"  >= {target:.0f}/s per core: {goal(row['per_core'] >= target)}"
+        + (f" (ok {row['ok']})" if row["ok"] != args.feed_images else "")
+    )
+
+
+def feed_codes(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path | None, str]]:
+    """The code measured in each feed case: (label, another commit's export or None, the S3
+    backend of the probe)."""
+    mode = f"p{args.feed_processes}" if args.feed_processes else "thr"
+    mode += f"-w{args.workers}" if args.workers else ""
+    codes = [
+        (f"{CODE_LABEL}-{mode}" + (f"-{backend}" if backend != "boto3" else ""), None, backend)
+        for backend in args.s3_backends
+    ]
+    if args.baseline_ref:
+        codes.append((f"{args.baseline_ref}", export_code(args.baseline_ref, tmp), "boto3"))
+    return codes
+
+
 def part_feed(
     args: argparse.Namespace, server: local_s3.LocalS3, tmp: Path, prefixes: dict, model: str
 ) -> None:
     feed_header(args, server)
-    mode = f"p{args.feed_processes}" if args.feed_processes else "thr"
-    mode += f"-w{args.workers}" if args.workers else ""
-    codes = [(f"{CODE_LABEL}-{mode}", None)]
-    if args.baseline_ref:
-        codes.append((f"{args.baseline_ref}", export_code(args.baseline_ref, tmp)))
     header = (
         f"{'input':<22}{'out':<5}{'code':<16}{'cores':>5}{'images/s':>10}{'per core':>10}"
         f"{'steady':>8}{'1st batch s':>12}{'overall':>9}{'CPU ms/img':>11}{'server ms/img':>14}"
@@ -450,7 +481,7 @@ def part_feed(
     lines, scaling = [header], []
     for kind in args.feed_inputs:
         for fmt in args.formats:
-            for label, code in codes:
+            for label, code, backend in feed_codes(args, tmp):
                 if code is not None and not (kind == "photos" and fmt == "png"):
                     continue  # the baseline only in the case the old figures are for
                 rows = {}
@@ -471,24 +502,13 @@ def part_feed(
                             feed_processes=args.feed_processes if code is None else 0,
                             workers=args.workers if code is None else None,
                             code=code,
+                            s3_backend=backend,
                         )
                         for rep in range(args.repeat)
                     ]
-                    row = rows[cores] = feed_row(results, n_cores)
-                    target = GOAL_PER_CORE[fmt]
-                    line = (
-                        f"{FEED_INPUTS[kind][0]:<22}{fmt:<5}{label:<16}{n_cores:>5}"
-                        f"{row['rate']:>10.1f}{row['per_core']:>10.1f}"
-                        f"{fmt_or_na(row['steady'], 8, 1)}"
-                        f"{fmt_or_na(row['first_batch_s'], 12, 2)}"
-                        f"{row['overall']:>9.1f}"
-                        f"{row['cpu_ms']:>11.1f}{row['server_ms']:>14.1f}{row['rss_mb']:>8.0f}"
-                        f"{row['others']:>8.0%}"
-                        f"  >= {target:.0f}/s per core: {goal(row['per_core'] >= target)}"
-                        + (f" (ok {row['ok']})" if row["ok"] != args.feed_images else "")
-                    )
-                    lines.append(line)
-                    print(line, flush=True)
+                    rows[cores] = feed_row(results, n_cores)
+                    lines.append(feed_line(args, kind, fmt, label, n_cores, rows[cores]))
+                    print(lines[-1], flush=True)
                 ratio = rows["0,1"]["rate"] / rows["0"]["rate"]
                 scaling.append(
                     f"{FEED_INPUTS[kind][0]} -> {fmt}, {label}: 2/1 cores = {ratio:.2f}x "
@@ -1140,6 +1160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed feed case")
     p.add_argument(
         "--workers", type=int, help="(d) TranslateConfig.workers: load and store threads, each"
+    )
+    p.add_argument(
+        "--s3-backends",
+        nargs="+",
+        choices=("boto3", "obstore"),
+        default=["boto3"],
+        help="(d) each feed case with these S3 clients (obstore: benchmarks/obstore_store.py, "
+        "GET and PUT through obstore; pip install obstore)",
     )
     p.add_argument("--top", type=int, default=20, help="functions listed by the profile")
     p.add_argument("--keep-profile", type=Path, help="copy py-spy's raw stacks to this folder")

@@ -2,7 +2,7 @@
 
     python benchmarks/translate_probe.py --endpoint URL --input URI --output URI --model URI \
         --work-dir DIR --result FILE [--format png|jpeg] [--batch-size N] [--pixel-budget N] \
-        [--size native|N] [--identity] [--stages]
+        [--size native|N] [--identity] [--stages] [--s3-backend boto3|obstore]
 
 --identity replaces the model by the identity function (Generators.load returns an object whose
 translate gives the batch back), so the run measures the feed: listing, GET, decode, resize,
@@ -235,6 +235,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--feed-processes", type=int, default=0)
     p.add_argument("--identity", action="store_true")
     p.add_argument("--stages", action="store_true")
+    p.add_argument("--s3-backend", default="boto3", choices=("boto3", "obstore"),
+                   help="obstore: GETs and PUTs through benchmarks/obstore_store.py")  # fmt: skip
     return p.parse_args()
 
 
@@ -282,6 +284,10 @@ def main() -> None:
     if args.identity:
         use_identity_model(clock)
     storage.configure(endpoint_url=args.endpoint)
+    if args.s3_backend == "obstore":
+        from obstore_store import use_obstore  # beside this script
+
+        use_obstore()
     cfg = make_config(args)
 
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

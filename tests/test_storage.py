@@ -13,6 +13,7 @@ from botocore.awsrequest import AWSResponse
 from helpers import s3_error
 
 from cyclegan_jobs import storage
+from cyclegan_jobs.storage.s3 import S3Store
 
 if TYPE_CHECKING:
     from conftest import S3Server
@@ -73,6 +74,31 @@ def test_join(base: str, parts: tuple[str, ...], expected: str) -> None:
 def test_is_s3() -> None:
     assert storage.is_s3("s3://b/k")
     assert not storage.is_s3("/tmp/s3://")
+
+
+def test_another_s3_store_serves_every_s3_call(tmp_path: Path) -> None:
+    """set_s3_store (how the feed benchmark swaps in obstore) routes s3:// URIs, and only
+    them, to the new store until the old one is put back."""
+
+    class Recording(S3Store):
+        def __init__(self) -> None:
+            super().__init__(storage.S3)
+            self.calls: list[str] = []
+
+        def read_bytes(self, uri: str) -> bytes:
+            self.calls.append(uri)
+            return b"from the new store"
+
+    new = Recording()
+    previous = storage.set_s3_store(new)
+    try:
+        assert storage.read_bytes("s3://b/k.png") == b"from the new store"
+        (tmp_path / "f").write_bytes(b"local")
+        assert storage.read_bytes(str(tmp_path / "f")) == b"local"
+    finally:
+        assert storage.set_s3_store(previous) is new
+    assert new.calls == ["s3://b/k.png"]
+    assert storage.store_for("s3://b/k.png") is previous
 
 
 # --- local -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from cyclegan_jobs.errors import InvalidURIError, NotFoundError, StorageError, S
 from cyclegan_jobs.storage.base import ObjectInfo, Store
 from cyclegan_jobs.storage.local import LocalStore, atomic_write
 from cyclegan_jobs.storage.s3 import (
+    MAX_ATTEMPTS,
     MAX_LINK_SECONDS,
     MAX_WORKERS,
     THROTTLED_MAX_ATTEMPTS,
@@ -27,12 +28,12 @@ from cyclegan_jobs.storage.s3 import (
 from cyclegan_jobs.storage.uris import S3_SCHEME, check_uri, is_s3, join, local_path, split_s3
 
 __all__ = [
-    "MAX_LINK_SECONDS", "MAX_WORKERS", "S3", "S3_SCHEME", "THROTTLED_MAX_ATTEMPTS",
+    "MAX_ATTEMPTS", "MAX_LINK_SECONDS", "MAX_WORKERS", "S3", "S3_SCHEME", "THROTTLED_MAX_ATTEMPTS",
     "InvalidURIError", "NotFoundError", "ObjectInfo", "StorageError", "Store", "SystemicError",
     "check_uri", "client_settings", "configure", "delete", "delete_prefix", "download_dir",
     "ensure_pool", "exists", "get_client", "head", "injected_client", "is_s3", "join",
-    "list_objects", "presigned_url", "read_bytes", "read_json", "set_outage_wait", "split_s3",
-    "store_for", "upload_dir", "write_bytes", "write_json",
+    "list_objects", "presigned_url", "read_bytes", "read_json", "set_outage_wait",
+    "set_s3_store", "split_s3", "store_for", "upload_dir", "write_bytes", "write_json",
 ]  # fmt: skip
 
 S3 = S3Client()  # this process's S3 settings and client
@@ -42,6 +43,13 @@ _STORES: dict[bool, Store] = {True: S3Store(S3), False: LocalStore()}
 def store_for(uri: str | Path) -> Store:
     """The store a URI names: S3 for s3://, the local one for paths."""
     return _STORES[is_s3(str(uri)) and not isinstance(uri, Path)]
+
+
+def set_s3_store(store: Store) -> Store:
+    """Serve s3:// URIs with another Store implementation (e.g. the obstore-backed one that
+    benchmarks/obstore_store.py measures); return the one it replaces."""
+    previous, _STORES[True] = _STORES[True], store
+    return previous
 
 
 # -- the S3 client's settings -------------------------------------------------------------------
