@@ -54,10 +54,12 @@ class ObstoreS3Store(S3Store):
         self._buckets: dict[str, Any] = {}
 
     def _bucket(self, bucket: str) -> Any:
+        # Keyed by the settings too: storage.configure() may point the client elsewhere.
+        key = repr((bucket, self.s3.endpoint_url, self.s3.credentials))
         with self._lock:
-            if bucket not in self._buckets:
-                self._buckets[bucket] = self._build(bucket)
-            return self._buckets[bucket]
+            if key not in self._buckets:
+                self._buckets[key] = self._build(bucket)
+            return self._buckets[key]
 
     def _build(self, bucket: str) -> Any:
         endpoint = (
@@ -106,3 +108,9 @@ class ObstoreS3Store(S3Store):
 def use_obstore() -> None:
     """Route this process's s3:// GETs and PUTs through obstore."""
     set_s3_store(ObstoreS3Store(S3))
+
+
+def pytest_configure(config: Any) -> None:
+    """As a pytest plugin, the tests with obstore: `PYTHONPATH=benchmarks .venv/bin/python -m
+    pytest -p obstore_store tests/test_storage.py ...` (the README's count of what fails)."""
+    use_obstore()
