@@ -153,6 +153,27 @@ class Trainer:
     `extra_hooks` (tests, benchmarks) run after model selection, before the checkpoint.
     """
 
+    # What each stage of run() sets, declared in one place (the loop's own counters are in
+    # `state`, which hooks read).
+    precision: str  # run()
+    files: RunFiles
+    data: dict[str, datasets.DomainData]  # load_data()
+    preview: dict[str, np.ndarray]
+    replicas: int  # build_or_restore()
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    progress: tf.Variable | None  # the time budget's share used: the LR decay of timed runs
+    cg: CycleGAN
+    step_var: tf.Variable
+    manager: tf.train.CheckpointManager
+    resumed_from: int
+    history: list[dict]
+    writer: Any  # tf.summary's file writer
+    state: hooks.LoopState  # fit()
+    images_done: int
+    loop_seconds: float
+
     def __init__(
         self,
         cfg: TrainConfig,
