@@ -292,10 +292,13 @@ def results_links(settings: Settings, *, contact_sheet: str | None, outputs: str
 
     endpoint = settings.link_endpoint_url
     links = {OutputsLink.key: storage.presigned_url(outputs, listing=True, endpoint_url=endpoint)}
-    if contact_sheet:
-        links[ContactSheetLink.key] = storage.presigned_url(contact_sheet, endpoint_url=endpoint)
+    # Every key, "" for no link: reading a missing XCom (the extra link does, when the task
+    # ends) puts an ERROR "XCom not found" in the task log of a run that made no contact sheet.
+    links[ContactSheetLink.key] = (
+        storage.presigned_url(contact_sheet, endpoint_url=endpoint) if contact_sheet else ""
+    )
     for link in RESULTS_LINKS:
-        if link.key in links:
+        if links[link.key]:
             log.info("%s: %s", link.name, links[link.key])
     return links
 

@@ -478,6 +478,10 @@ def test_nightly_writes_every_output_then_skips_everything(
     assert second["tasks"]["translate_shard"] == "skipped"  # nothing pending: no mapped task
     again = _run_summary(f"{bucket}/out/", second["run_id"])
     assert again["counts"] == {"total": 6, "ok": 0, "skipped": 6, "failed": 0}
+    # Nothing new, no contact sheet: the operator's log still has no ERROR line.
+    assert "[error" not in second["log"] and "XCom not found" not in second["log"], [
+        line for line in second["log"].splitlines() if "[error" in line or "XCom not" in line
+    ]
     # The inputs are untouched.
     assert len(list(storage.list_objects(f"{bucket}/in/"))) == 6
 
