@@ -10,7 +10,6 @@ presigned links stay on boto3. Needs `pip install obstore` (not a requirement).
 
 from __future__ import annotations
 
-import mimetypes
 import os
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from obstore.store import S3Store as ObsS3
 from cyclegan_jobs.errors import NotFoundError, StorageError, SystemicError
 from cyclegan_jobs.storage import S3, set_s3_store
 from cyclegan_jobs.storage.base import CHUNK
-from cyclegan_jobs.storage.s3 import S3Client, S3Store
+from cyclegan_jobs.storage.s3 import S3Client, S3Store, content_type_for, effective_endpoint
 from cyclegan_jobs.storage.uris import split_s3
 
 
@@ -62,11 +61,7 @@ class ObstoreS3Store(S3Store):
             return self._buckets[key]
 
     def _build(self, bucket: str) -> Any:
-        endpoint = (
-            self.s3.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
+        endpoint = effective_endpoint(self.s3.endpoint_url)
         config: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
         if endpoint:
             config.update(endpoint=endpoint, virtual_hosted_style_request=False)
@@ -95,7 +90,7 @@ class ObstoreS3Store(S3Store):
                     content_type: str | None) -> str:  # fmt: skip
         bucket, key = split_s3(uri)
         attributes = dict(metadata or {})
-        content_type = content_type or mimetypes.guess_type(key)[0]
+        content_type = content_type_for(key, content_type)
         if content_type:
             attributes["Content-Type"] = content_type
         with obstore_errors(uri):

@@ -478,10 +478,10 @@ def part_feed(
         f"{'steady':>8}{'1st batch s':>12}{'overall':>9}{'CPU ms/img':>11}{'server ms/img':>14}"
         f"{'RSS MB':>8}{'others':>8}  goal"
     )
-    lines, scaling = [header], []
+    lines, scaling, codes = [header], [], feed_codes(args, tmp)  # exported once
     for kind in args.feed_inputs:
         for fmt in args.formats:
-            for label, code, backend in feed_codes(args, tmp):
+            for label, code, backend in codes:
                 if code is not None and not (kind == "photos" and fmt == "png"):
                     continue  # the baseline only in the case the old figures are for
                 rows = {}

@@ -50,8 +50,6 @@ from cyclegan_common import (
     with_results_links,
 )
 
-from cyclegan_jobs.options import command_line, form_values
-
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
 
@@ -93,6 +91,8 @@ def plan(model_uri: str, params: dict | None = None, run_id: str | None = None) 
 @task
 def shard_commands(planned: dict, params: dict | None = None) -> list[list[str]]:
     """One `cyclegan-jobs translate` command line per shard file."""
+    from cyclegan_jobs.options import command_line, form_values
+
     # As the form gives them (the CLI reads `size` as "default", "native" or N), but the
     # model is the version resolved for the run, and bad inputs are judged over the whole
     # run by `summarize`, not per shard.

@@ -50,8 +50,6 @@ from cyclegan_common import (
     use_connection,
 )
 
-from cyclegan_jobs.options import command_line, form_values
-
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 MODEL_ASSET = SETTINGS.model_asset()
@@ -85,6 +83,8 @@ def enough_new_data(found: dict, params: dict | None = None) -> bool:
 
 @task
 def train_command(params: dict | None = None, run_id: str | None = None) -> list[str]:
+    from cyclegan_jobs.options import command_line, form_values
+
     # The form's `promote` is the DAG's (gate | never), not train's flag.
     values = form_values("train", params, leave_out=("promote",))
     # The same run id on a retry: training resumes from the mirrored checkpoint.
@@ -93,12 +93,16 @@ def train_command(params: dict | None = None, run_id: str | None = None) -> list
 
 @task
 def evaluate_command(trained: dict, params: dict | None = None) -> list[str]:
+    from cyclegan_jobs.options import command_line, form_values
+
     model = {"model": trained["version_uri"]}
     return command_line("evaluate", {**model, **form_values("evaluate", params), "write": True})
 
 
 @task
 def gate_command(evaluation: dict, trained: dict, params: dict | None = None) -> list[str]:
+    from cyclegan_jobs.options import command_line, form_values
+
     # The form's `promote` is the DAG's (gate | never), not the gate's flag.
     values = form_values("gate", params, leave_out=("promote",))
     # exit_zero: a refusal is a decision, not a failure; `promote` acts on it.

@@ -112,6 +112,20 @@ class S3Client:
         return _build_client(endpoint_url, self.credentials, self.pool_size, self)
 
 
+def effective_endpoint(endpoint_url: str | None) -> str | None:
+    """The endpoint requests go to: the configured one, else AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL from the environment (None: AWS itself)."""
+    return (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+
+
+def content_type_for(key: str, content_type: str | None) -> str | None:
+    """The Content-Type to store an object with: the one given, else guessed from the key
+    (browsers and S3 consoles show images and JSON correctly only with a real one)."""
+    return content_type or mimetypes.guess_type(key)[0]
+
+
 def _build_client(endpoint_url: str | None, credentials: dict | None, pool_size: int,
                   s3: S3Client) -> Any:  # fmt: skip
     # Imported here so that importing this module (e.g. from a DAG file) stays cheap.
@@ -119,9 +133,7 @@ def _build_client(endpoint_url: str | None, credentials: dict | None, pool_size:
     from botocore.config import Config
 
     # boto3 reads AWS_ENDPOINT_URL(_S3) itself; we only look at it to choose the addressing style.
-    effective = (
-        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    effective = effective_endpoint(endpoint_url)
     config = Config(
         # MAX_ATTEMPTS tries in all (botocore's max_attempts counts retries); throttling gets
         # more, per request: see _retry_per_request. A stalled endpoint is cut by the jobs' own
@@ -372,8 +384,7 @@ class S3Store:
         extra: dict[str, Any] = {}
         if metadata:
             extra["Metadata"] = metadata
-        # Browsers and S3 consoles show images and JSON correctly only with a real content type.
-        content_type = content_type or mimetypes.guess_type(key)[0]
+        content_type = content_type_for(key, content_type)
         if content_type:
             extra["ContentType"] = content_type
         with s3_errors(uri):
