@@ -55,6 +55,8 @@ def _run(step: int = 0, total: int = 100, stop_at: int | None = None, **cfg) -> 
     run.cg = SimpleNamespace(
         trackers={k: _Tracker(0.5) for k in hooks.LOSS_CURVES},
         networks={name: _Net(run) for name in names},
+        # The generators' moving average: told apart from the live weights by its sign.
+        generator_weights=lambda: {n: [np.full(2, -run.state.step)] for n in names[:2]},
     )
     run.writer = SimpleNamespace(flush=lambda: None)
     run.files = SimpleNamespace(push=run.pushed.append, push_checkpoint=run.checkpoints.append)
@@ -126,8 +128,11 @@ def test_selection_hands_the_best_scored_weights_to_the_loop(monkeypatch) -> Non
     picked = run.state.selected
     assert picked == {"every": 10, "cycle_psnr_floor": 15.0, "step": 20, "swd_mean": 30.0,
                       "cycle_psnr": 21.0}  # fmt: skip
-    assert all(w[0][0] == 20 for w in run.state.selected_weights.values())
-    assert hook.gens.nets["generator_BA"].weights[0][0] == 35  # scored: the last step's weights
+    # Picked and scored: the generators' moving average (negative here), the live discriminators.
+    assert {n: w[0][0] for n, w in run.state.selected_weights.items()} == {
+        "generator_AB": -20, "generator_BA": -20, "discriminator_A": 20, "discriminator_B": 20
+    }  # fmt: skip
+    assert hook.gens.nets["generator_BA"].weights[0][0] == -35  # scored: the last step's
 
 
 def test_off_selection_picks_nothing() -> None:

@@ -9,8 +9,14 @@ import pytest
 import tensorflow as tf
 
 from cyclegan_jobs import runtime
-from cyclegan_jobs.config import preset
-from cyclegan_jobs.training.model import CycleGAN, ImagePool, LinearDecay, make_optimizer
+from cyclegan_jobs.config import ConfigError, LossConfig, preset
+from cyclegan_jobs.training.model import (
+    CycleGAN,
+    ImagePool,
+    LinearDecay,
+    ema_momentum_for,
+    make_optimizer,
+)
 
 
 def _batch(size: int, seed: int) -> tf.Tensor:
@@ -54,6 +60,69 @@ def test_one_step_changes_every_trainable_weight(preset_name, precision, changes
     unchanged = [p for p, v in before.items() if np.array_equal(v, _var(cg, p).numpy())]
     assert unchanged == []
     assert int(cg.g_optimizer.iterations) == 1 and int(cg.d_optimizer.iterations) == 1
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_generator_weights_are_the_moving_average_of_the_steps(precision) -> None:
+    """With ema_momentum m the version's generators are m-weighted averages of the weights after
+    each step (the first step's weights start it); the live weights are left as they were, and
+    the discriminators' optimizer keeps no average."""
+    m = 0.6
+    model_cfg, loss_cfg = preset("tiny", 32)
+    loss_cfg = dataclasses.replace(loss_cfg, ema_momentum=m)
+    cg = CycleGAN(model_cfg, loss_cfg, precision=precision)
+    cg.compile(
+        make_optimizer(loss_cfg, 10, precision, "g_opt", ema_momentum=m),
+        make_optimizer(loss_cfg, 10, precision, "d_opt"),
+    )
+    before = {n: [w.copy() for w in ws] for n, ws in cg.generator_weights().items()}
+    assert all(  # before any step: the live weights (Keras's average starts at zero)
+        np.array_equal(w, v) for n, ws in before.items()
+        for w, v in zip(ws, cg.generators[n].get_weights(), strict=True)
+    )  # fmt: skip
+    after_steps = []  # the weights after each applied step (float16 skips overflowing ones)
+    for seed in range(30):
+        cg.train_step((_batch(32, 2 * seed), _batch(32, 2 * seed + 1)))
+        if int(cg.g_optimizer.iterations) > len(after_steps):
+            after_steps.append({n: g.get_weights() for n, g in cg.generators.items()})
+        if len(after_steps) == 3:
+            break
+    assert len(after_steps) == 3
+    averaged = cg.generator_weights()
+    for name, net in cg.generators.items():
+        trainable = {id(v) for v in net.trainable_variables}
+        kinds = [id(v) in trainable for v in net.weights]
+        live = net.get_weights()
+        for i, is_trainable in enumerate(kinds):
+            w1, w2, w3 = (step[name][i] for step in after_steps)
+            assert np.array_equal(live[i], w3)  # read out, then put back
+            # Trainable: (w1 m + w2 (1 - m)) m + w3 (1 - m); BatchNorm's statistics: live.
+            expected = (w1 * m + w2 * (1 - m)) * m + w3 * (1 - m) if is_trainable else w3
+            np.testing.assert_allclose(averaged[name][i], expected, rtol=1e-5, atol=1e-6)
+        assert any(not np.allclose(averaged[name][i], live[i]) for i, t in enumerate(kinds) if t)
+    assert not getattr(cg.d_optimizer, "inner_optimizer", cg.d_optimizer).use_ema
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0])
+def test_a_moving_average_momentum_outside_0_1_is_refused(momentum) -> None:
+    with pytest.raises(ConfigError, match=r"EMA momentum must be in \[0, 1\)"):
+        LossConfig(ema_momentum=momentum)
+
+
+def test_only_the_tiny_preset_keeps_a_moving_average() -> None:
+    """The seed and the paper train and export their last weights, as they did."""
+    assert {name: preset(name)[1].ema_momentum for name in ("seed", "paper")} == {
+        "seed": 0.0, "paper": 0.0
+    }  # fmt: skip
+    assert 0.0 < preset("tiny")[1].ema_momentum < 1.0
+
+
+def test_a_short_run_averages_over_its_own_last_steps() -> None:
+    """The momentum is capped so that the average of a run of N steps spans about its last N/9
+    (make run: 308 steps); a long or time-budgeted run gets the configured one; 0 stays off."""
+    horizon = {n: 1 / (1 - ema_momentum_for(0.995, n)) for n in (308, 3000)}
+    assert 30 <= horizon[308] <= 308 / 8 and horizon[3000] == pytest.approx(200)
+    assert ema_momentum_for(0.995, 100_000 * 32) == 0.995 and ema_momentum_for(0.0, 308) == 0.0
 
 
 def _var(cg: CycleGAN, path: str) -> tf.Variable:

@@ -163,7 +163,8 @@ def held_out_for_selection(data: dict[str, Any]) -> dict[str, np.ndarray]:
 class ModelSelection(Hook):
     """Every `select_every` steps and at the last step, score the generators on held-out images
     (SWD of G(x) against real targets, cycle PSNR: evaluate's own code, float32) and keep the
-    best weights of all four networks. The version is made from them (`Trainer.export`).
+    best weights of all four networks (the generators' moving average when the run keeps one).
+    The version is made from them (`Trainer.export`).
 
     State (`best/`: best.json and the four weight files) is written at each checkpoint and
     mirrored with it, so a resumed run keeps its best-so-far.
@@ -205,15 +206,17 @@ class ModelSelection(Hook):
             return
         from cyclegan_jobs.evaluation.evaluate import selection_metrics
 
+        weights = {n: net.get_weights() for n, net in t.cg.networks.items()}
+        weights.update(t.cg.generator_weights())  # their moving average, when the run keeps one
         for name, net in self.gens.nets.items():
-            net.set_weights(t.cg.networks[name].get_weights())
+            net.set_weights(weights[name])
         scores = selection_metrics(self.gens, self.held["a"], self.held["b"])
         improved = self.best is None or selection_key(scores, self.floor) < selection_key(
             self.best, self.floor
         )
         if improved:
             self.best = {"step": step, **scores}
-            self.best_weights = {n: net.get_weights() for n, net in t.cg.networks.items()}
+            self.best_weights = weights
             self.dirty = True
             self._hand_over(t)
         row = {"kind": "selection", "step": step, **scores, "best_step": self.best["step"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cyclegan_jobs.config import LossConfig, ModelConfig
@@ -60,24 +61,36 @@ class BudgetDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"initial": self.initial}
 
 
+def ema_momentum_for(momentum: float, total_steps: int) -> float:
+    """The moving average's momentum for a run of `total_steps`: `momentum`, at most
+    (1 + N) / (10 + N) for N planned steps (tf.train.ExponentialMovingAverage's warm-up rule,
+    taken at the run's end), so that a short run averages over its last ~N/9 steps rather than
+    lagging behind its own progress. Budgeted runs plan many steps: theirs is `momentum`."""
+    return min(momentum, (1 + total_steps) / (10 + total_steps)) if momentum else 0.0
+
+
 def make_optimizer(
     cfg: LossConfig,
     total_steps: int,
     precision: str,
     name: str,
     budget_progress: tf.Variable | None = None,
+    ema_momentum: float = 0.0,
 ):
     """Adam(lr, beta_1) with the configured schedule; loss scaling for float16.
 
     With `linear_decay` the LR decays over the second half of the steps or, when a
     `budget_progress` variable is given (a time-budgeted run), over the second half of the time.
+    With `ema_momentum` the optimizer also keeps a moving average of the weights it trains
+    (Keras's `use_ema`; `CycleGAN.generator_weights` reads it).
     """
     lr = cfg.learning_rate
     if cfg.linear_decay and budget_progress is not None:
         lr = BudgetDecay(cfg.learning_rate, budget_progress)
     elif cfg.linear_decay:
         lr = LinearDecay(cfg.learning_rate, total_steps, decay_start=total_steps // 2)
-    opt = keras.optimizers.Adam(lr, beta_1=cfg.beta_1, name=name)
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
+    opt = keras.optimizers.Adam(lr, beta_1=cfg.beta_1, name=name, **ema)
     if precision == "float16":  # bfloat16 has float32's exponent range and needs no scaling
         opt = keras.optimizers.LossScaleOptimizer(opt, name=f"{name}_scaled")
     return opt
@@ -236,6 +249,26 @@ class CycleGAN(keras.Model):
         for name, value in logs.items():
             self.trackers[name].update_state(value)
         return logs
+
+    @property
+    def generators(self) -> dict[str, keras.Model]:
+        return {"generator_AB": self.gen_ab, "generator_BA": self.gen_ba}
+
+    def generator_weights(self) -> dict[str, list[np.ndarray]]:
+        """The generators' weights as a version gets them: with the loss config's `ema_momentum`,
+        the moving average of their trainable weights that the generators' optimizer keeps (with
+        the live BatchNorm statistics); otherwise (or before the first step) the live weights."""
+        live = {name: net.get_weights() for name, net in self.generators.items()}
+        if not self.loss_cfg.ema_momentum or int(self.g_optimizer.iterations.numpy()) == 0:
+            return live
+        # Keras reads the average out only by writing it into the variables: write, read, undo.
+        self.g_optimizer.finalize_variable_values(
+            self.gen_ab.trainable_variables + self.gen_ba.trainable_variables
+        )
+        averaged = {name: net.get_weights() for name, net in self.generators.items()}
+        for name, net in self.generators.items():
+            net.set_weights(live[name])
+        return averaged
 
     def translate(self, a, b):
         """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float in [-1, 1]."""

@@ -21,7 +21,13 @@ from cyclegan_jobs.config import TrainConfig
 from cyclegan_jobs.errors import TrainingError
 from cyclegan_jobs.runtime import distribution_strategy, resolve_precision
 from cyclegan_jobs.training import datasets, hooks
-from cyclegan_jobs.training.model import CycleGAN, float32_copy, make_optimizer, set_determinism
+from cyclegan_jobs.training.model import (
+    CycleGAN,
+    ema_momentum_for,
+    float32_copy,
+    make_optimizer,
+    set_determinism,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +262,16 @@ class Trainer:
         self.progress = (
             tf.Variable(0.0, trainable=False, name="budget_progress") if cfg.max_minutes else None
         )
-        log.info("building the %s model (%s) and its optimizers", cfg.model.preset, self.precision)
+        ema = ema_momentum_for(cfg.loss.ema_momentum, self.total_steps)
+        log.info(
+            f"building the {cfg.model.preset} model ({self.precision}) and its optimizers"
+            + (f"; the generators' moving average: momentum {ema:.4f}" if ema else "")
+        )
         with self.strategy.scope():
             self.cg = CycleGAN(cfg.model, cfg.loss, precision=self.precision, seed=cfg.seed)
             self.cg.compile(*(
-                make_optimizer(cfg.loss, self.total_steps, self.precision, name, self.progress)
-                for name in ("g_optimizer", "d_optimizer")
+                make_optimizer(cfg.loss, self.total_steps, self.precision, name, self.progress, m)
+                for name, m in (("g_optimizer", ema), ("d_optimizer", 0.0))
             ))  # fmt: skip
             # Create optimizer slots now so a restore fills them instead of deferring.
             self.cg.g_optimizer.build(
@@ -401,13 +411,16 @@ class Trainer:
 
     def export(self) -> dict[str, Any]:
         """The version: float32 generators (.keras), the four weight files, config, metrics,
-        samples; made from the selected weights when model selection ran."""
+        samples; made from the selected weights when model selection ran, else from the last
+        (the generators' moving average with `ema_momentum`)."""
         picture = None
         picked = self.state.selected_weights  # model selection's pick, through the loop's state
         if picked is not None:
-            for name, net in self.cg.networks.items():
-                net.set_weights(picked[name])
             picture = f"selected_step_{self.state.selected['step']:07d}.png"
+        else:  # the last weights (the generators' moving average, when the run keeps one)
+            picked = self.cg.generator_weights()
+        for name, weights in picked.items():
+            self.cg.networks[name].set_weights(weights)
         final_sample = self.save_samples(picture)
         self.writer.flush()
         vdir = self.files.work / "version"
