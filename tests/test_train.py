@@ -84,8 +84,7 @@ def _assert_same_training(reference: dict, summary: dict, store: str, run_id: st
     worst = max(float(np.max(np.abs(ref_w[k] - got_w[k]))) for k in ref_w)
     assert worst <= 1e-5, f"resumed weights differ by up to {worst}"
     assert sorted(_iterations(store, run_id, tmp).values()) == [8, 8, 8]
-    ref_run = reference["summary"]["run_id"]
-    assert sorted(_iterations(reference["store"], ref_run, tmp).values()) == [8, 8, 8]
+    assert sorted(_iterations(reference["store"], "full", tmp).values()) == [8, 8, 8]
 
 
 def test_exact_resume_from_local_checkpoint(sample, uninterrupted, tmp_path) -> None:
@@ -117,25 +116,20 @@ def test_exact_resume_from_s3_into_an_empty_work_dir(sample, uninterrupted, s3_b
     assert len(registry.list_versions(store)) == 1
 
 
-def test_moving_average_is_exported_and_resumes_exactly(sample, uninterrupted, tmp_path) -> None:
-    """ema_momentum changes what is exported, not what is trained: the discriminators are the
-    run without it to the bit, the generators are not; a resumed run continues the average."""
-    store, work = str(tmp_path / "store"), str(tmp_path / "work")
-    for sub in ("ref", "got", "plain"):
-        (tmp_path / sub).mkdir()
-    cfg = _cfg(sample, store, epochs=2, steps_per_epoch=4, deterministic=True, run_id="ema")
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, ema_momentum=0.5))
-    reference = {"store": store, "summary": train(cfg)}
-    plain = _weights(uninterrupted["summary"]["version_uri"], tmp_path / "plain")
-    averaged = _weights(reference["summary"]["version_uri"], tmp_path / "ref")
+def test_the_moving_average_is_exported_not_trained(sample, uninterrupted, tmp_path) -> None:
+    """The tiny preset's ema_momentum changes what is exported, not what is trained: the
+    discriminators are those of the run without it to the bit, the generators are not. (The
+    exact-resume tests above resume the average: `uninterrupted` keeps one.)"""
+    assert uninterrupted["summary"]["steps"] == 8
+    (tmp_path / "plain").mkdir(), (tmp_path / "averaged").mkdir()
+    cfg = _cfg(sample, str(tmp_path / "store"), epochs=2, steps_per_epoch=4, deterministic=True)
+    assert cfg.loss.ema_momentum > 0  # the preset's: `uninterrupted` trained with it
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, ema_momentum=0.0))
+    plain = _weights(train(cfg)["version_uri"], tmp_path / "plain")
+    averaged = _weights(uninterrupted["summary"]["version_uri"], tmp_path / "averaged")
+    assert plain.keys() == averaged.keys()
     differ = {k for k in plain if not np.allclose(plain[k], averaged[k], rtol=0, atol=1e-6)}
-    assert differ and all(k.startswith("generator_") for k in differ)
     assert {k.split("/")[0] for k in differ} == {"generator_AB", "generator_BA"}
-    resumed_cfg = dataclasses.replace(cfg, run_id="ema-resumed", work_dir=work)
-    assert train(dataclasses.replace(resumed_cfg, stop_after=5))["step"] == 5
-    second = train(resumed_cfg)
-    assert second["resumed_from"] == 5
-    _assert_same_training(reference, second, store, "ema-resumed", tmp_path)
 
 
 def test_version_contents_and_reload(uninterrupted, tmp_path) -> None:
