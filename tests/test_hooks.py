@@ -56,7 +56,10 @@ def _run(step: int = 0, total: int = 100, stop_at: int | None = None, **cfg) -> 
         trackers={k: _Tracker(0.5) for k in hooks.LOSS_CURVES},
         networks={name: _Net(run) for name in names},
         # The generators' moving average: told apart from the live weights by its sign.
-        generator_weights=lambda: {n: [np.full(2, -run.state.step)] for n in names[:2]},
+        version_weights=lambda: {
+            n: [np.full(2, -run.state.step if n.startswith("gen") else run.state.step)]
+            for n in names
+        },
     )
     run.writer = SimpleNamespace(flush=lambda: None)
     run.files = SimpleNamespace(push=run.pushed.append, push_checkpoint=run.checkpoints.append)

@@ -63,7 +63,7 @@ def test_one_step_changes_every_trainable_weight(preset_name, precision, changes
 
 
 @pytest.mark.parametrize("precision", ["float32", "float16"])
-def test_generator_weights_are_the_moving_average_of_the_steps(precision) -> None:
+def test_version_weights_hold_the_moving_average_of_the_steps(precision) -> None:
     """With ema_momentum m the version's generators are m-weighted averages of the weights after
     each step (the first step's weights start it); the live weights are left as they were, and
     the discriminators' optimizer keeps no average."""
@@ -75,7 +75,7 @@ def test_generator_weights_are_the_moving_average_of_the_steps(precision) -> Non
         make_optimizer(loss_cfg, 10, precision, "g_opt", ema_momentum=m),
         make_optimizer(loss_cfg, 10, precision, "d_opt"),
     )
-    before = {n: [w.copy() for w in ws] for n, ws in cg.generator_weights().items()}
+    before = {n: cg.version_weights()[n] for n in cg.generators}
     assert all(  # before any step: the live weights (Keras's average starts at zero)
         np.array_equal(w, v) for n, ws in before.items()
         for w, v in zip(ws, cg.generators[n].get_weights(), strict=True)
@@ -88,7 +88,7 @@ def test_generator_weights_are_the_moving_average_of_the_steps(precision) -> Non
         if len(after_steps) == 3:
             break
     assert len(after_steps) == 3
-    averaged = cg.generator_weights()
+    averaged = cg.version_weights()
     for name, net in cg.generators.items():
         trainable = {id(v) for v in net.trainable_variables}
         kinds = [id(v) in trainable for v in net.weights]

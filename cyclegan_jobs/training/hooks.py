@@ -206,8 +206,7 @@ class ModelSelection(Hook):
             return
         from cyclegan_jobs.evaluation.evaluate import selection_metrics
 
-        weights = {n: net.get_weights() for n, net in t.cg.networks.items()}
-        weights.update(t.cg.generator_weights())  # their moving average, when the run keeps one
+        weights = t.cg.version_weights()  # the generators' moving average, when the run keeps one
         for name, net in self.gens.nets.items():
             net.set_weights(weights[name])
         scores = selection_metrics(self.gens, self.held["a"], self.held["b"])

@@ -82,7 +82,7 @@ def make_optimizer(
     With `linear_decay` the LR decays over the second half of the steps or, when a
     `budget_progress` variable is given (a time-budgeted run), over the second half of the time.
     With `ema_momentum` the optimizer also keeps a moving average of the weights it trains
-    (Keras's `use_ema`; `CycleGAN.generator_weights` reads it).
+    (Keras's `use_ema`; `CycleGAN.version_weights` reads it).
     """
     lr = cfg.learning_rate
     if cfg.linear_decay and budget_progress is not None:
@@ -254,21 +254,23 @@ class CycleGAN(keras.Model):
     def generators(self) -> dict[str, keras.Model]:
         return {"generator_AB": self.gen_ab, "generator_BA": self.gen_ba}
 
-    def generator_weights(self) -> dict[str, list[np.ndarray]]:
-        """The generators' weights as a version gets them: with the loss config's `ema_momentum`,
-        the moving average of their trainable weights that the generators' optimizer keeps (with
-        the live BatchNorm statistics); otherwise (or before the first step) the live weights."""
-        live = {name: net.get_weights() for name, net in self.generators.items()}
-        if not self.loss_cfg.ema_momentum or int(self.g_optimizer.iterations.numpy()) == 0:
-            return live
+    def version_weights(self) -> dict[str, list[np.ndarray]]:
+        """The four networks' weights as a version gets them: the discriminators' live ones; the
+        generators' moving average when their optimizer keeps one (`make_optimizer`'s
+        `ema_momentum`) and has stepped, with the live BatchNorm statistics; else live."""
+        weights = {name: net.get_weights() for name, net in self.networks.items()}
+        opt = getattr(self.g_optimizer, "inner_optimizer", self.g_optimizer)  # under loss scaling
+        if not opt.use_ema or int(opt.iterations.numpy()) == 0:
+            return weights
         # Keras reads the average out only by writing it into the variables: write, read, undo.
-        self.g_optimizer.finalize_variable_values(
+        opt.finalize_variable_values(
             self.gen_ab.trainable_variables + self.gen_ba.trainable_variables
         )
-        averaged = {name: net.get_weights() for name, net in self.generators.items()}
         for name, net in self.generators.items():
-            net.set_weights(live[name])
-        return averaged
+            averaged = net.get_weights()
+            net.set_weights(weights[name])
+            weights[name] = averaged
+        return weights
 
     def translate(self, a, b):
         """Inference both ways: (A->B, A->B->A, B->A, B->A->B), float in [-1, 1]."""

@@ -418,7 +418,7 @@ class Trainer:
         if picked is not None:
             picture = f"selected_step_{self.state.selected['step']:07d}.png"
         else:  # the last weights (the generators' moving average, when the run keeps one)
-            picked = self.cg.generator_weights()
+            picked = self.cg.version_weights()
         for name, weights in picked.items():
             self.cg.networks[name].set_weights(weights)
         final_sample = self.save_samples(picture)
