@@ -64,6 +64,10 @@ class ModelConfig:
     # last conv), so training starts near the identity map (at init a photo comes back within
     # about 50 dB of itself, the cycle whole) instead of from noise.
     residual: bool = False
+    # unet_res with `residual` only: hidden units of a per-pixel colour map (1x1 convolutions on
+    # the input's colour, no normalization: the same map for every image) added to the change
+    # the U-Net predicts; 0: none.
+    colour_head: int = 0
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:
@@ -71,6 +75,8 @@ class ModelConfig:
         for option in ("input_skip", "residual"):
             if getattr(self, option) and self.architecture != "unet_res":
                 raise ConfigError(f"{option} is a U-Net option: only for the unet_res architecture")
+        if self.colour_head < 0 or (self.colour_head and not self.residual):
+            raise ConfigError("colour head: units >= 0, and only with the residual generator")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "
@@ -92,6 +98,7 @@ class LossConfig:
     """The objective and the optimizers: what the seed (or the paper) trains with."""
 
     adversarial: Adversarial = "bce"  # seed: BCE-on-logits discriminators, MSE generators
+    adversarial_weight: float = 1.0  # of the generators' adversarial terms (seed and paper: 1)
     cycle_distance: Distance = "mse"
     cycle_weight: float = 10.0
     identity_distance: Distance = "mse"
@@ -115,6 +122,8 @@ class LossConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"EMA momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.adversarial_weight < 0:
+            raise ConfigError(f"adversarial weight must be >= 0, got {self.adversarial_weight}")
         if self.pool_size < 0:
             raise ConfigError(f"pool size must be >= 0, got {self.pool_size}")
 
@@ -182,8 +191,9 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
 
     seed:  the notebook exactly (U-Net + 3 residual blocks at 512, BCE/MSE losses, Adam 1e-4).
     paper: Zhu et al. 2017 (ResNet-9 generator, 70x70 PatchGAN, instance norm, LSGAN, L1, pool).
-    tiny:  the seed topology with 1/8 of the filters, LSGAN discriminators and LR 1e-3, so
-           that CPU tests and demos on 32-64 px images show learning within minutes.
+    tiny:  the seed topology with 1/8 of the filters, a residual start and a per-pixel colour
+           head, LSGAN discriminators, LR 3e-3 and colour terms, so that CPU tests and demos on
+           32-64 px images show learning within minutes (each choice measured, below).
     """
     if name == "seed":
         model, loss = (
@@ -201,6 +211,10 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
             disc_filters=8,
             upsample="resize",
             residual=True,
+            # A per-pixel colour map beside the U-Net (the same for every image): at 10 minutes
+            # the best scored step rose from 27.6 to 31.5 dB on paint and from 30.2 to 35.8 on
+            # colour_remap (README, "The colour head").
+            colour_head=16,
         )
         # Least-squares discriminators (matching the generators' MSE-to-1 term): with the
         # seed's BCE discriminators the generators' MSE-on-logits term grows without bound on

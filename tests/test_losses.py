@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cyclegan_jobs.config import LossConfig, preset
+from cyclegan_jobs.config import ConfigError, LossConfig, preset
 from cyclegan_jobs.training import losses
 
 
@@ -69,6 +69,18 @@ def test_paper_objective_uses_l1_and_identity_5() -> None:
         cfg, fake_logits=(_t([1.0]), _t([1.0])), real=real, reconstructed=rec, identity=ident
     )
     assert float(out["g_loss"]) == pytest.approx(0 + 10 * 2.0 + 5 * 1.0)
+
+
+def test_adversarial_weight_scales_the_adversarial_terms_only() -> None:
+    real = (_t([0.0]), _t([0.0]))
+    rec = (_t([1.0]), _t([0.0]))  # cycle MSE 1
+    pairs = {"real": real, "reconstructed": rec, "identity": real}
+    logits = (_t([0.0]), _t([-1.0]))  # adversarial MSE to 1: 1 and 4
+    half = losses.generator_loss(LossConfig(adversarial_weight=0.5), fake_logits=logits, **pairs)
+    assert float(half["adv_loss"]) == pytest.approx(5.0)
+    assert float(half["g_loss"]) == pytest.approx(0.5 * 5.0 + 10 * 1.0)
+    with pytest.raises(ConfigError, match="adversarial weight"):
+        LossConfig(adversarial_weight=-1.0)
 
 
 def test_discriminator_loss_dispatch() -> None:

@@ -346,6 +346,33 @@ def test_a_residual_generator_starts_near_the_identity(skip: bool, tmp_path) -> 
         dataclasses.replace(preset("paper", 32)[0], residual=True)
 
 
+def test_the_colour_head_is_one_per_pixel_map_for_every_image_and_place(tmp_path) -> None:
+    cfg = dataclasses.replace(preset("tiny", 32)[0], residual=True, colour_head=4)
+    g = build_generator(cfg)
+    head = [g.get_layer(n) for n in ("colour0", "colour1", "colour_out")]
+    assert [layer.kernel_size for layer in head] == [(1, 1)] * 3
+    # With the U-Net's change zeroed, the output is a function of each pixel's colour alone:
+    # shuffling the pixels (across places and images) shuffles the output the same way.
+    last = g.get_layer("last_conv")
+    last.set_weights([np.zeros_like(w) for w in last.get_weights()])
+    rng = np.random.default_rng(5)
+    for layer in head:
+        layer.set_weights(
+            [rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()]
+        )
+    x = rng.uniform(-0.9, 0.9, (2, 32, 32, 3)).astype("float32")
+    order = rng.permutation(2 * 32 * 32)
+    shuffled = x.reshape(-1, 3)[order].reshape(x.shape)
+    y, y_shuffled = g(x, training=False).numpy(), g(shuffled, training=False).numpy()
+    np.testing.assert_allclose(y_shuffled, y.reshape(-1, 3)[order].reshape(x.shape), atol=1e-5)
+    assert np.abs(y - x).mean() > 0.05  # the head changes the colours
+    g.save(tmp_path / "h.keras")
+    loaded = keras.saving.load_model(tmp_path / "h.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded(x).numpy(), g(x).numpy())
+    with pytest.raises(ConfigError, match="colour head"):
+        dataclasses.replace(cfg, residual=False)
+
+
 # The seed's U-Net (tiny: the same topology) reaches 79 px from an output pixel: 4x4 convs at
 # /2../16 and the transposed ones back up. Tiles need at least this margin to match whole images.
 UNET_REACH = 79

@@ -105,7 +105,7 @@ def generator_loss(
 ) -> dict[str, tf.Tensor]:
     """The joint generator objective and its parts, each pair ordered (domain A, domain B).
 
-    total = adv_A + adv_B + w_cyc * (cyc_A + cyc_B) + w_id * (id_A + id_B)
+    total = w_adv * (adv_A + adv_B) + w_cyc * (cyc_A + cyc_B) + w_id * (id_A + id_B)
             [+ w_match * (match(G(A), B) + match(F(B), A))]   LossConfig.colour_match_weight
             [+ w_fit * (fit(A, G(A)) + fit(B, F(B)))]         LossConfig.colour_fit_weight
     where `translated` is (G(A), F(B)), match is colour_distribution_distance against the real
@@ -118,7 +118,11 @@ def generator_loss(
     ident = sum(
         distance(cfg.identity_distance, x, x_id) for x, x_id in zip(real, identity, strict=True)
     )
-    total = adversarial + cfg.cycle_weight * cycle + cfg.identity_weight * ident
+    total = (
+        cfg.adversarial_weight * adversarial
+        + cfg.cycle_weight * cycle
+        + cfg.identity_weight * ident
+    )
     parts = {"adv_loss": adversarial, "cycle_loss": cycle, "identity_loss": ident}
     if cfg.colour_match_weight and translated is not None:
         match = sum(

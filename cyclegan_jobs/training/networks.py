@@ -205,10 +205,22 @@ def build_generator(
     else:
         x = up_conv(x, 3, 4, mode=cfg.upsample, name="last", use_bias=True, dtype=dtype)
     if cfg.residual:  # ModelConfig.residual: the last conv is a change to the input
-        x = layers.Add(name="residual", dtype="float32")([x, Atanh(name="input_atanh")(inputs)])
+        changes = [x, Atanh(name="input_atanh")(inputs)]
+        if cfg.colour_head:
+            changes.append(_colour_head(inputs, cfg.colour_head, dtype))
+        x = layers.Add(name="residual", dtype="float32")(changes)
     # tanh in float32: the image leaves the network at full precision whatever the policy.
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _colour_head(inputs, units: int, dtype=None):
+    """ModelConfig.colour_head: a per-pixel colour map of the input (two hidden 1x1 layers), the
+    same for every image and every place, started near zero like the last conv."""
+    x = inputs
+    for i in range(2):
+        x = layers.Conv2D(units, 1, activation="relu", name=f"colour{i}", dtype=dtype)(x)
+    return layers.Conv2D(3, 1, kernel_initializer=_init(), name="colour_out", dtype=dtype)(x)
 
 
 def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):
