@@ -64,19 +64,19 @@ class ModelConfig:
     # last conv), so training starts near the identity map (at init a photo comes back within
     # about 50 dB of itself, the cycle whole) instead of from noise.
     residual: bool = False
-    # unet_res with `residual` only: hidden units of a per-pixel colour map (1x1 convolutions on
-    # the input's colour, no normalization: the same map for every image) added to the change
-    # the U-Net predicts; 0: none.
+    # unet_res only: hidden units of a per-pixel colour map (1x1 convolutions on the input's
+    # colour, no normalization: the same map for every image) added to the U-Net's last conv
+    # (with `residual`, to the change it predicts); 0: none.
     colour_head: int = 0
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:
             raise ConfigError(f"unknown upsampling {self.upsample!r}; choose from {UPSAMPLING}")
-        for option in ("input_skip", "residual"):
+        for option in ("input_skip", "residual", "colour_head"):
             if getattr(self, option) and self.architecture != "unet_res":
                 raise ConfigError(f"{option} is a U-Net option: only for the unet_res architecture")
-        if self.colour_head < 0 or (self.colour_head and not self.residual):
-            raise ConfigError("colour head: units >= 0, and only with the residual generator")
+        if self.colour_head < 0:
+            raise ConfigError(f"colour head units must be >= 0, got {self.colour_head}")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "

@@ -155,8 +155,8 @@ def _small_paper(image_size: int = 32, **changes: object) -> ModelConfig:
 
 
 def _configs(mode: str) -> list[ModelConfig]:
-    # The seed's topology in small (the tiny preset's residual start left out).
-    tiny = dataclasses.replace(preset("tiny", 32)[0], upsample=mode, residual=False)
+    # The seed's topology in small (the tiny preset's residual start and colour head left out).
+    tiny = dataclasses.replace(preset("tiny", 32)[0], upsample=mode, residual=False, colour_head=0)
     return [tiny, _small_paper(upsample=mode)]
 
 
@@ -369,8 +369,10 @@ def test_the_colour_head_is_one_per_pixel_map_for_every_image_and_place(tmp_path
     g.save(tmp_path / "h.keras")
     loaded = keras.saving.load_model(tmp_path / "h.keras", safe_mode=True)
     np.testing.assert_array_equal(loaded(x).numpy(), g(x).numpy())
-    with pytest.raises(ConfigError, match="colour head"):
-        dataclasses.replace(cfg, residual=False)
+    with pytest.raises(ConfigError, match="colour_head is a U-Net option"):
+        dataclasses.replace(preset("paper", 32)[0], colour_head=4)
+    with pytest.raises(ConfigError, match="colour head units"):
+        dataclasses.replace(cfg, colour_head=-1)
 
 
 # The seed's U-Net (tiny: the same topology) reaches 79 px from an output pixel: 4x4 convs at

@@ -204,11 +204,12 @@ def build_generator(
         x = _full_resolution_head(x, inputs, f, cfg.upsample, dtype)
     else:
         x = up_conv(x, 3, 4, mode=cfg.upsample, name="last", use_bias=True, dtype=dtype)
+    if cfg.colour_head:  # ModelConfig.colour_head: a per-pixel colour map beside the U-Net
+        x = layers.Add(name="colour_add", dtype="float32")(
+            [x, _colour_head(inputs, cfg.colour_head, dtype)]
+        )
     if cfg.residual:  # ModelConfig.residual: the last conv is a change to the input
-        changes = [x, Atanh(name="input_atanh")(inputs)]
-        if cfg.colour_head:
-            changes.append(_colour_head(inputs, cfg.colour_head, dtype))
-        x = layers.Add(name="residual", dtype="float32")(changes)
+        x = layers.Add(name="residual", dtype="float32")([x, Atanh(name="input_atanh")(inputs)])
     # tanh in float32: the image leaves the network at full precision whatever the policy.
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
