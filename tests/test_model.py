@@ -75,7 +75,8 @@ def test_version_weights_hold_the_moving_average_of_the_steps(precision) -> None
         make_optimizer(loss_cfg, 10, precision, "g_opt", ema_momentum=m),
         make_optimizer(loss_cfg, 10, precision, "d_opt"),
     )
-    before = {n: cg.version_weights()[n] for n in cg.generators}
+    start = cg.version_weights()
+    before = {n: start[n] for n in cg.generators}
     assert all(  # before any step: the live weights (Keras's average starts at zero)
         np.array_equal(w, v) for n, ws in before.items()
         for w, v in zip(ws, cg.generators[n].get_weights(), strict=True)
