@@ -110,6 +110,18 @@ def test_a_moving_average_momentum_outside_0_1_is_refused(momentum) -> None:
         LossConfig(ema_momentum=momentum)
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_a_discriminator_rate_scale_of_zero_or_less_is_refused(scale) -> None:
+    with pytest.raises(ConfigError, match="discriminator LR scale must be > 0"):
+        LossConfig(disc_lr_scale=scale)
+
+
+def test_only_the_tiny_preset_slows_its_discriminators() -> None:
+    """The seed and the paper train all four networks at one rate, as they did."""
+    assert [preset(name)[1].disc_lr_scale for name in ("seed", "paper")] == [1.0, 1.0]
+    assert 0.0 < preset("tiny")[1].disc_lr_scale < 1.0
+
+
 def test_only_the_tiny_preset_keeps_a_moving_average() -> None:
     """The seed and the paper train and export their last weights, as they did."""
     assert {name: preset(name)[1].ema_momentum for name in ("seed", "paper")} == {

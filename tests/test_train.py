@@ -132,6 +132,30 @@ def test_the_moving_average_is_exported_not_trained(sample, uninterrupted, tmp_p
     assert {k.split("/")[0] for k in differ} == {"generator_AB", "generator_BA"}
 
 
+class _LearningRates(hooks.Hook):
+    """After each step, the rate each optimizer applies next: (generators, discriminators)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float]] = []
+
+    def after_step(self, t, logs) -> None:
+        self.rows.append(
+            (float(t.cg.g_optimizer.learning_rate), float(t.cg.d_optimizer.learning_rate))
+        )
+
+
+def test_the_discriminators_learn_at_their_share_of_the_rate(sample, tmp_path) -> None:
+    """tiny's discriminators step at disc_lr_scale of the generators' rate at every step, the
+    linear decay included."""
+    cfg = _cfg(sample, str(tmp_path / "store"), epochs=1, steps_per_epoch=6)
+    rates = _LearningRates()
+    Trainer(cfg, extra_hooks=(rates,)).run()
+    gen, disc = np.array(rates.rows).T
+    assert len(gen) == 6 and gen[0] == pytest.approx(cfg.loss.learning_rate)
+    assert gen[-1] < gen[3] < gen[0]  # the decay runs over the second half of the steps
+    np.testing.assert_allclose(disc, cfg.loss.disc_lr_scale * gen, rtol=1e-6)
+
+
 def test_version_contents_and_reload(uninterrupted, tmp_path) -> None:
     summary, store = uninterrupted["summary"], uninterrupted["store"]
     version = registry.get_version(store, summary["version"])

@@ -76,19 +76,21 @@ def make_optimizer(
     name: str,
     budget_progress: tf.Variable | None = None,
     ema_momentum: float = 0.0,
+    lr_scale: float = 1.0,
 ):
     """Adam(lr, beta_1) with the configured schedule; loss scaling for float16.
 
     With `linear_decay` the LR decays over the second half of the steps or, when a
     `budget_progress` variable is given (a time-budgeted run), over the second half of the time.
     With `ema_momentum` the optimizer also keeps a moving average of the weights it trains
-    (Keras's `use_ema`; `CycleGAN.version_weights` reads it).
+    (Keras's `use_ema`; `CycleGAN.version_weights` reads it). `lr_scale` multiplies the rate
+    (the discriminators' `disc_lr_scale`).
     """
-    lr = cfg.learning_rate
+    lr = initial = cfg.learning_rate * lr_scale
     if cfg.linear_decay and budget_progress is not None:
-        lr = BudgetDecay(cfg.learning_rate, budget_progress)
+        lr = BudgetDecay(initial, budget_progress)
     elif cfg.linear_decay:
-        lr = LinearDecay(cfg.learning_rate, total_steps, decay_start=total_steps // 2)
+        lr = LinearDecay(initial, total_steps, decay_start=total_steps // 2)
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     opt = keras.optimizers.Adam(lr, beta_1=cfg.beta_1, name=name, **ema)
     if precision == "float16":  # bfloat16 has float32's exponent range and needs no scaling

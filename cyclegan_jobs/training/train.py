@@ -270,8 +270,13 @@ class Trainer:
         with self.strategy.scope():
             self.cg = CycleGAN(cfg.model, cfg.loss, precision=self.precision, seed=cfg.seed)
             self.cg.compile(*(
-                make_optimizer(cfg.loss, self.total_steps, self.precision, name, self.progress, m)
-                for name, m in (("g_optimizer", ema), ("d_optimizer", 0.0))
+                make_optimizer(
+                    cfg.loss, self.total_steps, self.precision, name, self.progress, m, scale
+                )
+                for name, m, scale in (
+                    ("g_optimizer", ema, 1.0),
+                    ("d_optimizer", 0.0, cfg.loss.disc_lr_scale),
+                )
             ))  # fmt: skip
             # Create optimizer slots now so a restore fills them instead of deferring.
             self.cg.g_optimizer.build(
