@@ -41,7 +41,7 @@ RULES: dict[str, Callable[[Row], float]] = {
     "swd x colour^2": lambda r: _log(r["swd_mean"]) + 2 * _log(r["color_mean"]),
     "swd x colour^0.5": lambda r: _log(r["swd_mean"]) + 0.5 * _log(r["color_mean"]),
     "-identity psnr": lambda r: -r["identity_psnr"],
-    "the library's": lambda r: 0.0,  # placeholder: replaced by hooks.selection_key below
+    "the library's": lambda r: 0.0,  # placeholder: hooks.replaces (SWD, SELECT_MARGIN) below
 }
 
 
@@ -50,9 +50,7 @@ def replay(curve: list[Row], rule: str, floor: float) -> Row:
     best = None
     for row in curve:
         if rule == "the library's":
-            better = best is None or hooks.selection_key(row, floor) < hooks.selection_key(
-                best, floor
-            )
+            better = hooks.replaces(row, best, floor)
         else:
             better = best is None or _key(row, rule, floor) < _key(best, rule, floor)
         if better:

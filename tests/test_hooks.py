@@ -138,6 +138,23 @@ def test_selection_hands_the_best_scored_weights_to_the_loop(monkeypatch) -> Non
     assert hook.gens.nets["generator_BA"].weights[0][0] == -35  # scored: the last step's
 
 
+def test_a_later_step_must_beat_the_kept_swd_by_the_margin() -> None:
+    """Ties (within the SWD's jitter) go to the earlier step; the floor and non-finite scores
+    rank as before, whatever the margin."""
+    kept = {"swd_mean": 100.0, "cycle_psnr": 30.0}
+    just_inside = 100.0 * (1 - hooks.SELECT_MARGIN) * 1.001
+    just_outside = 100.0 * (1 - hooks.SELECT_MARGIN) * 0.999
+    assert hooks.replaces(kept, None, 15.0)
+    assert not hooks.replaces({"swd_mean": just_inside, "cycle_psnr": 40.0}, kept, 15.0)
+    assert hooks.replaces({"swd_mean": just_outside, "cycle_psnr": 20.0}, kept, 15.0)
+    below_floor = {"swd_mean": 10.0, "cycle_psnr": 12.0}
+    assert not hooks.replaces(below_floor, kept, 15.0)
+    assert hooks.replaces({"swd_mean": 500.0, "cycle_psnr": 15.0}, below_floor, 15.0)
+    assert hooks.replaces({"swd_mean": 99.0, "cycle_psnr": 13.0}, below_floor, 15.0)
+    assert not hooks.replaces({"swd_mean": math.nan, "cycle_psnr": 30.0}, kept, 15.0)
+    assert 0.0 < hooks.SELECT_MARGIN < 0.1
+
+
 def test_off_selection_picks_nothing() -> None:
     run = _run(total=20)
     _steps(run, hooks.ModelSelection(every=0), 20)
