@@ -31,17 +31,27 @@ def _log(value: float) -> float:
     return math.log(max(value, 1e-9))
 
 
-# Candidate keys (lower is better), each for rows whose cycle PSNR clears the floor. Scale-free
-# combinations (sums of logs: products) compare one step with the best so far without knowing
-# the run's range, as an online selection must.
-RULES: dict[str, Callable[[Row], float]] = {
-    "swd (before)": lambda r: r["swd_mean"],
-    "colour": lambda r: r["color_mean"],
-    "swd x colour": lambda r: _log(r["swd_mean"]) + _log(r["color_mean"]),
-    "swd x colour^2": lambda r: _log(r["swd_mean"]) + 2 * _log(r["color_mean"]),
-    "swd x colour^0.5": lambda r: _log(r["swd_mean"]) + 0.5 * _log(r["color_mean"]),
-    "-identity psnr": lambda r: -r["identity_psnr"],
-    "the library's": lambda r: 0.0,  # placeholder: hooks.replaces (SWD, SELECT_MARGIN) below
+def _by_key(key: Callable[[Row], float]) -> Callable[[Row, Row | None, float], bool]:
+    """A rule from a key (lower is better) for rows whose cycle PSNR clears the floor; below
+    it, the higher cycle PSNR. A new row replaces the best so far when its key is lower."""
+
+    def ranked(row: Row, floor: float) -> tuple:
+        return (1, -row["cycle_psnr"]) if row["cycle_psnr"] < floor else (0, key(row))
+
+    return lambda row, best, floor: best is None or ranked(row, floor) < ranked(best, floor)
+
+
+# Candidate rules: whether a new row replaces the best so far. Scale-free combinations (sums
+# of logs: products) compare one step with the best so far without knowing the run's range, as
+# an online selection must. "the library's" is the rule ModelSelection uses.
+RULES: dict[str, Callable[[Row, Row | None, float], bool]] = {
+    "swd (before)": _by_key(lambda r: r["swd_mean"]),
+    "colour": _by_key(lambda r: r["color_mean"]),
+    "swd x colour": _by_key(lambda r: _log(r["swd_mean"]) + _log(r["color_mean"])),
+    "swd x colour^2": _by_key(lambda r: _log(r["swd_mean"]) + 2 * _log(r["color_mean"])),
+    "swd x colour^0.5": _by_key(lambda r: _log(r["swd_mean"]) + 0.5 * _log(r["color_mean"])),
+    "-identity psnr": _by_key(lambda r: -r["identity_psnr"]),
+    "the library's": hooks.replaces,
 }
 
 
@@ -49,19 +59,9 @@ def replay(curve: list[Row], rule: str, floor: float) -> Row:
     """The row an online selection with `rule` ends on."""
     best = None
     for row in curve:
-        if rule == "the library's":
-            better = hooks.replaces(row, best, floor)
-        else:
-            better = best is None or _key(row, rule, floor) < _key(best, rule, floor)
-        if better:
+        if RULES[rule](row, best, floor):
             best = row
     return best
-
-
-def _key(row: Row, rule: str, floor: float) -> tuple:
-    if row["cycle_psnr"] < floor:
-        return (1, -row["cycle_psnr"])
-    return (0, RULES[rule](row))
 
 
 def table(reports: list[dict], floor: float) -> list[dict]:

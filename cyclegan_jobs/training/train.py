@@ -269,15 +269,14 @@ class Trainer:
         )
         with self.strategy.scope():
             self.cg = CycleGAN(cfg.model, cfg.loss, precision=self.precision, seed=cfg.seed)
-            self.cg.compile(*(
+            steps, precision, progress = self.total_steps, self.precision, self.progress
+            self.cg.compile(
+                make_optimizer(cfg.loss, steps, precision, "g_optimizer", progress, ema),
                 make_optimizer(
-                    cfg.loss, self.total_steps, self.precision, name, self.progress, m, scale
-                )
-                for name, m, scale in (
-                    ("g_optimizer", ema, 1.0),
-                    ("d_optimizer", 0.0, cfg.loss.disc_lr_scale),
-                )
-            ))  # fmt: skip
+                    cfg.loss, steps, precision, "d_optimizer", progress,
+                    lr_scale=cfg.loss.disc_lr_scale,
+                ),
+            )  # fmt: skip
             # Create optimizer slots now so a restore fills them instead of deferring.
             self.cg.g_optimizer.build(
                 self.cg.gen_ab.trainable_variables + self.cg.gen_ba.trainable_variables
