@@ -107,6 +107,9 @@ class LossConfig:
     beta_1: float = 0.5
     pool_size: int = 0  # history of generated images shown to the discriminators (paper: 50)
     linear_decay: bool = False  # paper: constant LR, then linear decay to 0 over the 2nd half
+    # With linear_decay: the share of the run (its steps, or its time budget) before the decay
+    # starts (paper: 0.5, the second half decays).
+    decay_start: float = 0.5
     # Weight of a term that keeps the translation a per-image colour map of its input
     # (losses.colour_fit_residual): what no affine colour transform of the input explains.
     colour_fit_weight: float = 0.0
@@ -125,6 +128,8 @@ class LossConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
         if not self.disc_lr_scale > 0:
             raise ConfigError(f"discriminator LR scale must be > 0, got {self.disc_lr_scale}")
+        if not 0.0 <= self.decay_start < 1.0:
+            raise ConfigError(f"decay start must be in [0, 1), got {self.decay_start}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"EMA momentum must be in [0, 1), got {self.ema_momentum}")
         if self.adversarial_weight < 0:
