@@ -68,15 +68,20 @@ class ModelConfig:
     # colour, no normalization: the same map for every image) added to the U-Net's last conv
     # (with `residual`, to the change it predicts); 0: none.
     colour_head: int = 0
+    # unet_res only: hidden units of a per-pixel map of the translation's own colour (1x1
+    # convolutions on tanh of the output before it, added to it: tones and thresholds after
+    # the U-Net's spatial work, e.g. a posterize after a blur); 0: none.
+    tone_head: int = 0
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:
             raise ConfigError(f"unknown upsampling {self.upsample!r}; choose from {UPSAMPLING}")
-        for option in ("input_skip", "residual", "colour_head"):
+        for option in ("input_skip", "residual", "colour_head", "tone_head"):
             if getattr(self, option) and self.architecture != "unet_res":
                 raise ConfigError(f"{option} is a U-Net option: only for the unet_res architecture")
-        if self.colour_head < 0:
-            raise ConfigError(f"colour head units must be >= 0, got {self.colour_head}")
+        for option in ("colour_head", "tone_head"):
+            if getattr(self, option) < 0:
+                raise ConfigError(f"{option} units must be >= 0, got {getattr(self, option)}")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "
