@@ -152,6 +152,8 @@ def selection_metrics(gens: Any, a: np.ndarray, b: np.ndarray) -> dict[str, floa
         **_summary_scores(cycle, swd),
         "color_mean": _mean(_color(fake_b, b), _color(fake_a, a)),
         "identity_psnr": _mean(metrics.psnr(a, same_a), metrics.psnr(b, same_b)),
+        # What no per-image affine colour map of the input explains (texture, blotches).
+        "fit_residual": _mean(_fit(a, fake_b), _fit(b, fake_a)),
     }
 
 
@@ -212,6 +214,14 @@ def _swd(x: np.ndarray, y: np.ndarray) -> float:
 
 def _color(x: np.ndarray, y: np.ndarray) -> float:
     return metrics.color_histogram_distance(x, y)
+
+
+def _fit(source: np.ndarray, output: np.ndarray) -> float:
+    """losses.colour_fit_residual (the training term) of uint8 images, scaled to [-1, 1]."""
+    from cyclegan_jobs.training.losses import colour_fit_residual
+
+    x, y = (np.asarray(v, np.float32) / 127.5 - 1.0 for v in (source, output))
+    return float(colour_fit_residual(x, y))
 
 
 def _mean(*values: float | None) -> float:
