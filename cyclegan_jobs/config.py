@@ -127,6 +127,9 @@ class LossConfig:
     # The discriminators' learning rate as a multiple of `learning_rate` (the generators'); the
     # same schedule (seed and paper: 1, one rate for all four networks).
     disc_lr_scale: float = 1.0
+    # Differentiable augmentation (model.DiffAugment: shifts and cutout) of every image the
+    # discriminators see, real and generated alike (seed and paper: off).
+    disc_augment: bool = False
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:

@@ -12,6 +12,7 @@ from cyclegan_jobs import runtime
 from cyclegan_jobs.config import ConfigError, LossConfig, preset
 from cyclegan_jobs.training.model import (
     CycleGAN,
+    DiffAugment,
     ImagePool,
     LinearDecay,
     ema_momentum_for,
@@ -203,3 +204,31 @@ def test_image_pool_fills_then_mixes_history() -> None:
     assert 8 <= len(old) <= 32
     seen = {0.0, 1.0, 2.0, *[10.0 + i for i in range(40)]}
     assert set(old) <= seen
+
+
+def test_diff_augment_shifts_and_cuts_out_each_image_on_its_own() -> None:
+    """Each image comes back moved by at most 1/8 of its size (zeros fill in from the border)
+    with one square of at most half its side blanked; images differ in how; gradients flow."""
+    x = tf.constant(np.random.default_rng(3).uniform(0.1, 1.0, (6, 32, 32, 3)), tf.float32)
+    variable = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        y = DiffAugment(seed=0)(variable)
+        total = tf.reduce_sum(y)
+    assert y.shape == x.shape and tape.gradient(total, variable) is not None
+    moves = set()
+    for orig, out in zip(x.numpy(), y.numpy(), strict=True):
+        kept = (out != 0).all(axis=-1)
+        padded = np.pad(orig, ((4, 4), (4, 4), (0, 0)))
+        (dy, dx), *others = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if np.array_equal(padded[dy : dy + 32, dx : dx + 32][kept], out[kept])
+        ]
+        assert not others
+        moves.add((dy, dx))
+        # Blanked inside the picture (not the zeros moved in from the border): one square.
+        rows, cols = np.nonzero(~kept & (padded[dy : dy + 32, dx : dx + 32] != 0).all(axis=-1))
+        assert 0 < len(rows) <= 16 * 16
+        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
+    assert len(moves) > 1

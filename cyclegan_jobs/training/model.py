@@ -100,6 +100,33 @@ def make_optimizer(
     return opt
 
 
+class DiffAugment(tf.Module):
+    """Differentiable augmentation for the discriminators (Zhao et al. 2020, "translation" and
+    "cutout"): every image a discriminator sees, real or generated, in its loss or in the
+    generators', is shifted by up to 1/8 of its size (zeros fill) and has a square of half its
+    size blanked, at random per image. Colours are left alone (they are what the styles change).
+    Against a discriminator memorizing a small training set. State in a variable (checkpoints)."""
+
+    def __init__(self, seed: int, name: str = "diff_augment"):
+        super().__init__(name=name)
+        self.rng = tf.random.Generator.from_seed(seed)
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+        pad_h, pad_w = h // 8, w // 8
+        padded = tf.pad(images, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        dy = self.rng.uniform([n, 1], 0, 2 * pad_h + 1, dtype=tf.int32)
+        dx = self.rng.uniform([n, 1], 0, 2 * pad_w + 1, dtype=tf.int32)
+        rows = tf.gather(padded, dy + tf.range(h)[None], axis=1, batch_dims=1)
+        shifted = tf.gather(rows, dx + tf.range(w)[None], axis=2, batch_dims=1)
+        cy = self.rng.uniform([n, 1, 1], 0, h, dtype=tf.int32)
+        cx = self.rng.uniform([n, 1, 1], 0, w, dtype=tf.int32)
+        inside = (tf.abs(tf.range(h)[None, :, None] - cy) < h // 4) & (
+            tf.abs(tf.range(w)[None, None, :] - cx) < w // 4
+        )
+        return shifted * tf.cast(~inside, shifted.dtype)[..., None]
+
+
 class ImagePool(tf.Module):
     """A history of generated images (Shrivastava et al.): with p=0.5 the discriminator sees an
     older fake instead of the newest one. State lives in variables so checkpoints restore it."""
@@ -157,6 +184,7 @@ class CycleGAN(keras.Model):
                 d: ImagePool(loss_cfg.pool_size, shape, seed=seed + i, name=f"pool_{d}")
                 for i, d in enumerate("ab")
             }
+        self.augment = DiffAugment(seed + 2) if loss_cfg.disc_augment else None
         self.trackers = {
             name: keras.metrics.Mean(name=name)
             for name in (
@@ -205,11 +233,12 @@ class CycleGAN(keras.Model):
             fake_b = self.gen_ab(real_a, training=True)
             fake_a = self.gen_ba(real_b, training=True)
 
-            # 2. Discriminators on real and generated images.
-            logits_real_a = self.disc_a(real_a, training=True)
-            logits_fake_a = self.disc_a(fake_a, training=True)
-            logits_real_b = self.disc_b(real_b, training=True)
-            logits_fake_b = self.disc_b(fake_b, training=True)
+            # 2. Discriminators on real and generated images (augmented alike, if asked).
+            seen = self.augment or tf.identity
+            logits_real_a = self.disc_a(seen(real_a), training=True)
+            logits_fake_a = self.disc_a(seen(fake_a), training=True)
+            logits_real_b = self.disc_b(seen(real_b), training=True)
+            logits_fake_b = self.disc_b(seen(fake_b), training=True)
 
             # 3. Cycle back to the original domain, and identity mappings.
             rec_a = self.gen_ba(fake_b, training=True)
@@ -230,8 +259,8 @@ class CycleGAN(keras.Model):
             # 5. Discriminator objective, on a history of fakes when the preset keeps one.
             d_fake_a, d_fake_b = logits_fake_a, logits_fake_b
             if self.pools is not None:
-                d_fake_a = self.disc_a(self.pools["a"].query(fake_a), training=True)
-                d_fake_b = self.disc_b(self.pools["b"].query(fake_b), training=True)
+                d_fake_a = self.disc_a(seen(self.pools["a"].query(fake_a)), training=True)
+                d_fake_b = self.disc_b(seen(self.pools["b"].query(fake_b)), training=True)
             d_a = losses.discriminator_loss(cfg, logits_real_a, d_fake_a)
             d_b = losses.discriminator_loss(cfg, logits_real_b, d_fake_b)
             d_loss = (d_a + d_b) / 2
