@@ -68,20 +68,15 @@ class ModelConfig:
     # colour, no normalization: the same map for every image) added to the U-Net's last conv
     # (with `residual`, to the change it predicts); 0: none.
     colour_head: int = 0
-    # unet_res only: hidden units of a per-pixel map of the translation's own colour (1x1
-    # convolutions on tanh of the output before it, added to it: tones and thresholds after
-    # the U-Net's spatial work, e.g. a posterize after a blur); 0: none.
-    tone_head: int = 0
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLING:
             raise ConfigError(f"unknown upsampling {self.upsample!r}; choose from {UPSAMPLING}")
-        for option in ("input_skip", "residual", "colour_head", "tone_head"):
+        for option in ("input_skip", "residual", "colour_head"):
             if getattr(self, option) and self.architecture != "unet_res":
                 raise ConfigError(f"{option} is a U-Net option: only for the unet_res architecture")
-        for option in ("colour_head", "tone_head"):
-            if getattr(self, option) < 0:
-                raise ConfigError(f"{option} units must be >= 0, got {getattr(self, option)}")
+        if self.colour_head < 0:
+            raise ConfigError(f"colour head units must be >= 0, got {self.colour_head}")
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(
                 f"image size {self.image_size} must be a positive multiple of 16 "
@@ -112,9 +107,6 @@ class LossConfig:
     beta_1: float = 0.5
     pool_size: int = 0  # history of generated images shown to the discriminators (paper: 50)
     linear_decay: bool = False  # paper: constant LR, then linear decay to 0 over the 2nd half
-    # With linear_decay: the share of the run (its steps, or its time budget) before the decay
-    # starts (paper: 0.5, the second half decays).
-    decay_start: float = 0.5
     # Weight of a term that keeps the translation a per-image colour map of its input
     # (losses.colour_fit_residual): what no affine colour transform of the input explains.
     colour_fit_weight: float = 0.0
@@ -136,8 +128,6 @@ class LossConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
         if not self.disc_lr_scale > 0:
             raise ConfigError(f"discriminator LR scale must be > 0, got {self.disc_lr_scale}")
-        if not 0.0 <= self.decay_start < 1.0:
-            raise ConfigError(f"decay start must be in [0, 1), got {self.decay_start}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"EMA momentum must be in [0, 1), got {self.ema_momentum}")
         if self.adversarial_weight < 0:

@@ -169,30 +169,6 @@ def test_linear_decay_schedule() -> None:
     assert values == pytest.approx([2e-4, 2e-4, 2e-4, 1e-4, 0.0, 0.0])
 
 
-def test_the_decay_starts_at_its_share_of_the_steps_or_of_the_budget() -> None:
-    """decay_start 0.2: constant for the first fifth of a 100-step run (or of its time budget),
-    then linear to 0 at the end; the discriminators' scale applies throughout."""
-    cfg = LossConfig(learning_rate=1e-3, linear_decay=True, decay_start=0.2)
-    by_steps = make_optimizer(cfg, 100, "float32", "g", lr_scale=0.5)
-    progress = tf.Variable(0.0)
-    by_time = make_optimizer(cfg, 0, "float32", "g", budget_progress=progress)
-    rates = []
-    for step, share in ((0, 0.1), (20, 0.2), (60, 0.6), (100, 1.0), (130, 1.3)):
-        by_steps.iterations.assign(step)
-        progress.assign(share)
-        rates.append((float(by_steps.learning_rate), float(by_time.learning_rate)))
-    assert rates == [
-        (pytest.approx(a), pytest.approx(b))
-        for a, b in ((5e-4, 1e-3), (5e-4, 1e-3), (2.5e-4, 5e-4), (0.0, 0.0), (0.0, 0.0))
-    ]
-
-
-@pytest.mark.parametrize("start", [-0.1, 1.0])
-def test_a_decay_start_outside_0_1_is_refused(start) -> None:
-    with pytest.raises(ConfigError, match=r"decay start must be in \[0, 1\)"):
-        LossConfig(decay_start=start)
-
-
 def test_image_pool_fills_then_mixes_history() -> None:
     pool = ImagePool(3, (2, 2, 1), seed=0, name="p")
     first = [pool.query(tf.fill((1, 2, 2, 1), float(i))) for i in range(3)]

@@ -46,21 +46,19 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 class BudgetDecay(keras.optimizers.schedules.LearningRateSchedule):
     """LinearDecay for a time budget, where the step count is unknown in advance: constant for
-    the first `decay_start` share of the budget, then linear to 0. `progress` is a variable the
-    training loop sets to the share of the budget used so far."""
+    the first half of the budget, then linear to 0. `progress` is a variable the training loop
+    sets to the share of the budget used so far."""
 
-    def __init__(self, initial: float, progress: tf.Variable, decay_start: float = 0.5):
+    def __init__(self, initial: float, progress: tf.Variable):
         self.initial = float(initial)
         self.progress = progress
-        self.decay_start = float(decay_start)
 
     def __call__(self, step):  # unused: time, not steps, drives the decay
-        left = 1.0 - tf.cast(self.progress, tf.float32)
-        frac = tf.clip_by_value(left / (1.0 - self.decay_start), 0.0, 1.0)
+        frac = tf.clip_by_value(2.0 * (1.0 - tf.cast(self.progress, tf.float32)), 0.0, 1.0)
         return self.initial * frac
 
     def get_config(self) -> dict:
-        return {"initial": self.initial, "decay_start": self.decay_start}
+        return {"initial": self.initial}
 
 
 def ema_momentum_for(momentum: float, total_steps: int) -> float:
@@ -82,17 +80,17 @@ def make_optimizer(
 ):
     """Adam(lr, beta_1) with the configured schedule; loss scaling for float16.
 
-    With `linear_decay` the LR decays from `decay_start` of the steps or, when a
-    `budget_progress` variable is given (a time-budgeted run), of the time, to 0 at the end.
+    With `linear_decay` the LR decays over the second half of the steps or, when a
+    `budget_progress` variable is given (a time-budgeted run), over the second half of the time.
     With `ema_momentum` the optimizer also keeps a moving average of the weights it trains
     (Keras's `use_ema`; `CycleGAN.version_weights` reads it). `lr_scale` multiplies the rate
     (the discriminators' `disc_lr_scale`).
     """
     lr = initial = cfg.learning_rate * lr_scale
     if cfg.linear_decay and budget_progress is not None:
-        lr = BudgetDecay(initial, budget_progress, cfg.decay_start)
+        lr = BudgetDecay(initial, budget_progress)
     elif cfg.linear_decay:
-        lr = LinearDecay(initial, total_steps, decay_start=int(total_steps * cfg.decay_start))
+        lr = LinearDecay(initial, total_steps, decay_start=total_steps // 2)
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     opt = keras.optimizers.Adam(lr, beta_1=cfg.beta_1, name=name, **ema)
     if precision == "float16":  # bfloat16 has float32's exponent range and needs no scaling

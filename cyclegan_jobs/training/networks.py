@@ -210,24 +210,18 @@ def build_generator(
         )
     if cfg.residual:  # ModelConfig.residual: the last conv is a change to the input
         x = layers.Add(name="residual", dtype="float32")([x, Atanh(name="input_atanh")(inputs)])
-    if cfg.tone_head:  # ModelConfig.tone_head: a per-pixel map of the translation's own colour
-        toned = layers.Activation("tanh", dtype="float32", name="tone_in")(x)
-        x = layers.Add(name="tone_add", dtype="float32")(
-            [x, _colour_head(toned, cfg.tone_head, dtype, prefix="tone")]
-        )
     # tanh in float32: the image leaves the network at full precision whatever the policy.
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def _colour_head(inputs, units: int, dtype=None, prefix: str = "colour"):
-    """ModelConfig.colour_head (and tone_head): a per-pixel colour map of `inputs` (two hidden
-    1x1 layers), the same for every image and every place, started near zero like the last
-    conv."""
+def _colour_head(inputs, units: int, dtype=None):
+    """ModelConfig.colour_head: a per-pixel colour map of the input (two hidden 1x1 layers), the
+    same for every image and every place, started near zero like the last conv."""
     x = inputs
     for i in range(2):
-        x = layers.Conv2D(units, 1, activation="relu", name=f"{prefix}{i}", dtype=dtype)(x)
-    return layers.Conv2D(3, 1, kernel_initializer=_init(), name=f"{prefix}_out", dtype=dtype)(x)
+        x = layers.Conv2D(units, 1, activation="relu", name=f"colour{i}", dtype=dtype)(x)
+    return layers.Conv2D(3, 1, kernel_initializer=_init(), name="colour_out", dtype=dtype)(x)
 
 
 def _full_resolution_head(x, inputs, filters: int, mode: str, dtype=None):
