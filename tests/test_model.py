@@ -123,6 +123,13 @@ def test_only_the_tiny_preset_slows_its_discriminators() -> None:
     assert 0.0 < preset("tiny")[1].disc_lr_scale < 1.0
 
 
+def test_only_the_tiny_preset_augments_what_its_discriminators_see() -> None:
+    assert [preset(name)[1].disc_augment for name in ("seed", "paper", "tiny")] == [
+        False, False, True
+    ]  # fmt: skip
+    assert _compiled("seed").augment is None and _compiled("tiny").augment is not None
+
+
 def test_only_the_tiny_preset_keeps_a_moving_average() -> None:
     """The seed and the paper train and export their last weights, as they did."""
     assert {name: preset(name)[1].ema_momentum for name in ("seed", "paper")} == {
