@@ -60,8 +60,13 @@ ABLATIONS = (
     "no_residual=residual:false",
     "transpose=upsample:transpose",
     "identity_5=identity_weight:5",
+    "no_colour_head=colour_head:0",
+    "no_moving_average=ema_momentum:0",
+    "one_rate=disc_lr_scale:1",
+    "no_disc_augment=disc_augment:false",
     "before=upsample:transpose,residual:false,batch_size:1,learning_rate:0.001,"
-    "identity_weight:0.1,linear_decay:false,colour_fit_weight:0,colour_match_weight:0",
+    "identity_weight:0.1,linear_decay:false,colour_fit_weight:0,colour_match_weight:0,"
+    "colour_head:0,ema_momentum:0,disc_lr_scale:1,disc_augment:false",
 )
 
 
