@@ -9,6 +9,7 @@ step's true PSNR is below the best scored step's: the mean and worst shortfall, 
 it is within 0.3 and 0.5 dB.
 
     .venv/bin/python benchmarks/selection.py var/quality/*/quality.json [--floor 15]
+    .venv/bin/python benchmarks/selection.py benchmarks/results/curves-2026-12-06.json
 """
 
 from __future__ import annotations
@@ -90,10 +91,13 @@ def table(reports: list[dict], floor: float) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("reports", nargs="+", help="quality.json files")
+    p.add_argument("reports", nargs="+", help="quality.json files or files of them")
     p.add_argument("--floor", type=float, default=15.0, help="cycle PSNR floor (the gate's)")
     args = p.parse_args()
-    reports = [json.loads(Path(f).read_text()) for f in args.reports]
+    reports = []
+    for f in args.reports:  # a quality.json, or a file of them under "runs" (benchmarks/results)
+        loaded = json.loads(Path(f).read_text())
+        reports += loaded.get("runs", [loaded])
     rows = table(reports, args.floor)
     print("| rule | runs | mean shortfall | worst | within 0.3 dB | within 0.5 dB |")
     print("|---|---|---|---|---|---|")

@@ -200,9 +200,9 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
     seed:  the notebook exactly (U-Net + 3 residual blocks at 512, BCE/MSE losses, Adam 1e-4).
     paper: Zhu et al. 2017 (ResNet-9 generator, 70x70 PatchGAN, instance norm, LSGAN, L1, pool).
     tiny:  the seed topology with 1/8 of the filters, a residual start and a per-pixel colour
-           head, LSGAN discriminators at 0.3 of the generators' LR 3e-3, and colour terms, so
-           that CPU tests and demos on 32-64 px images show learning within minutes (each
-           choice measured, below).
+           head, LSGAN discriminators at 0.3 of the generators' LR 3e-3 that see augmented
+           images, and colour terms, so that CPU tests and demos on 32-64 px images show
+           learning within minutes (each choice measured, below).
     """
     if name == "seed":
         model, loss = (

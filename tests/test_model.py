@@ -127,7 +127,10 @@ def test_only_the_tiny_preset_augments_what_its_discriminators_see() -> None:
     assert [preset(name)[1].disc_augment for name in ("seed", "paper", "tiny")] == [
         False, False, True
     ]  # fmt: skip
-    assert _compiled("seed").augment is None and _compiled("tiny").augment is not None
+    model_cfg, loss_cfg = preset("tiny", 32)
+    assert isinstance(CycleGAN(model_cfg, loss_cfg).augment, DiffAugment)
+    plain = dataclasses.replace(loss_cfg, disc_augment=False)
+    assert CycleGAN(model_cfg, plain).augment is None
 
 
 def test_only_the_tiny_preset_keeps_a_moving_average() -> None:
