@@ -250,11 +250,8 @@ def preset(name: str, image_size: int | None = None) -> tuple[ModelConfig, LossC
             # +9.1 to +11.5 / +10.1 dB; colour_remap's peak fell from 36.4 to 35.4 / 34.9
             # (README, "The discriminators' rate").
             disc_lr_scale=0.3,
-            # Shifts and cutout of what the discriminators see (DiffAugment): on 256 images per
-            # domain they memorize the training set and the translations fall 3-5 dB after an
-            # early peak (with 1,024 images there is no fall); augmented, the fall is 2 dB
-            # smaller, selection lands within 0.3 dB of the best scored step, the peak is 0.4-0.9
-            # dB lower (README, "The discriminators' memory").
+            # DiffAugment: 256 images per domain, memorized, made the runs fall 4.5-6 dB after
+            # their peak; now 1.9 (README, "The discriminators' memory").
             disc_augment=True,
         )
     elif name == "paper":
