@@ -218,3 +218,13 @@ def test_diff_augment_shifts_and_cuts_out_each_image_on_its_own() -> None:
         assert 0 < len(rows) <= 16 * 16
         assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
     assert len(moves) > 1
+
+
+def test_the_discriminators_see_augmented_images_real_and_generated() -> None:
+    """A train step hands all four discriminator inputs (real A, fake A, real B, fake B) to
+    the augmentation, none of the generators' own inputs."""
+    cg = _compiled("tiny")
+    shapes, augment = [], cg.augment
+    cg.augment = lambda images: shapes.append(tuple(images.shape)) or augment(images)
+    cg.train_step((_batch(32, 0), _batch(32, 1)))
+    assert shapes == [(1, 32, 32, 3)] * 4
