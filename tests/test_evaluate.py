@@ -192,7 +192,7 @@ class _MapGenerators:
         self.fn = fn
 
     def apply(self, name: str, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        return self.fn(x.astype(np.float32) / 127.5 - 1.0)
+        return self.fn(images.to_unit(x))
 
 
 def test_selection_sees_texture_that_no_colour_map_explains() -> None:

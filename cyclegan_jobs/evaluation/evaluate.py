@@ -15,7 +15,7 @@ import numpy as np
 from cyclegan_jobs import registry, storage
 from cyclegan_jobs.config import Thresholds, model_config_from_dict
 from cyclegan_jobs.evaluation import metrics
-from cyclegan_jobs.images import to_uint8
+from cyclegan_jobs.images import to_uint8, to_unit
 from cyclegan_jobs.training import datasets
 
 BATCH = 32
@@ -220,8 +220,7 @@ def _fit(source: np.ndarray, output: np.ndarray) -> float:
     """losses.colour_fit_residual (the training term) of uint8 images, scaled to [-1, 1]."""
     from cyclegan_jobs.training.losses import colour_fit_residual
 
-    x, y = (np.asarray(v, np.float32) / 127.5 - 1.0 for v in (source, output))
-    return float(colour_fit_residual(x, y))
+    return float(colour_fit_residual(to_unit(source), to_unit(output)))
 
 
 def _mean(*values: float | None) -> float:

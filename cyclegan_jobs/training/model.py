@@ -208,6 +208,12 @@ class CycleGAN(keras.Model):
         }
 
     @property
+    def random_state(self) -> dict[str, tf.Module]:
+        """The modules whose random state a checkpoint keeps: image pools, the augmentation."""
+        state = {f"pool_{d}": pool for d, pool in (self.pools or {}).items()}
+        return state | ({"augment": self.augment} if self.augment is not None else {})
+
+    @property
     def metrics(self) -> list:
         return list(self.trackers.values())
 

@@ -285,12 +285,9 @@ class Trainer:
                 self.cg.disc_a.trainable_variables + self.cg.disc_b.trainable_variables
             )
             self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        state = {f"pool_{d}": p for d, p in (self.cg.pools or {}).items()}
-        if self.cg.augment is not None:
-            state["augment"] = self.cg.augment
         ckpt = tf.train.Checkpoint(
             **self.cg.networks, g_optimizer=self.cg.g_optimizer,
-            d_optimizer=self.cg.d_optimizer, step=self.step_var, **state,
+            d_optimizer=self.cg.d_optimizer, step=self.step_var, **self.cg.random_state,
         )  # fmt: skip
         self.files.fetch()  # before the manager, which reads the checkpoint index when created
         self.manager = tf.train.CheckpointManager(ckpt, str(self.files.ckpt_dir), max_to_keep=2)
