@@ -62,3 +62,17 @@ def test_colour_remap_is_monotonic_per_channel_so_the_cycle_can_invert_it() -> N
         ramp[0, :, channel] = np.arange(256)
         out = style(ramp).astype(int)[0, :, channel]
         assert np.all(np.diff(out) >= 0), channel
+
+
+@pytest.mark.slow
+def test_paired_ceiling_learns_a_style_it_is_shown() -> None:
+    # benchmarks/ceiling.py: the preset's generator trained on (face, style(face)) pairs. A
+    # pixel-wise style is learned within 200 steps (a broken step, no gradients applied, stays
+    # at the residual start's do-nothing figure).
+    import ceiling
+
+    style = f"{BENCHMARKS / 'styles.py'}:colour_remap"
+    run = ceiling.paired_run(style, {}, steps=200, probe_every=100, n=64, held_out=16)
+    assert [row["step"] for row in run["curve"]] == [100, 200]
+    assert run["gain_best_db"] > 8.0, run
+    assert run["psnr_best"] >= run["psnr_last"] == run["curve"][-1]["psnr_true"]
