@@ -1,12 +1,14 @@
 """Paired ceiling: how close can the preset's generator get to a known style when it is *shown*
-the answer? An upper bound for the unpaired known-mapping benchmark (benchmarks/quality.py).
+the answer? An estimate from above for the unpaired known-mapping benchmark (quality.py).
 
 The generator G_BA of the preset (as users get it, changed by --variants like quality.py's) is
 trained supervised on pairs (face, style(face)) of quality.py's training faces: MSE to the true
-style, the preset's Adam rate, beta_1, batch size and linear decay over the second half, for
---steps steps (default 3,500: about what the unpaired benchmark trains in its 10 minutes). No
-discriminator, no cycle: what an unpaired objective can reach at best is what this reaches. The
-held-out faces of quality.py's truth probe are scored every --probe-every steps.
+style, the preset's Adam rate, beta_1, batch size and linear decay over the second half (no
+moving average: the last weights are scored), for --steps steps (default 3,500: about what the
+unpaired benchmark trains in its 10 minutes). No discriminator, no cycle: the truth itself is
+the most direct signal the network can get, so this estimates from above (it does not prove)
+what an unpaired objective reaches. The held-out faces of quality.py's truth probe are scored
+every --probe-every steps.
 
 Run:  .venv/bin/python benchmarks/ceiling.py [--styles SPEC ...] [--variants NAME=key:value,...]
       [--steps 3500] [--threads 1]
@@ -44,10 +46,10 @@ def paired_run(style_spec: str, options: dict[str, Any], *, steps: int, probe_ev
     from cyclegan_jobs.training.networks import build_generator
 
     style = load_style(style_spec)
-    model_cfg, loss_cfg, batch = quality._settings("tiny", size, options)
-    faces = synthetic_faces(n, size, seed=0)  # quality.py's domain-B training draw
+    model_cfg, loss_cfg, batch = quality.settings("tiny", size, options)
+    faces = synthetic_faces(n, size, seed=quality.DRAWS["b"])  # quality.py's training faces
     x, y = images.to_unit(faces), images.to_unit(np.asarray(style(faces), np.uint8))
-    held = synthetic_faces(held_out, size, seed=2)  # quality.py's truth-probe faces
+    held = synthetic_faces(held_out, size, seed=quality.DRAWS["held_b"])  # its truth probe's
     truth = np.asarray(style(held), np.uint8)
     gen = build_generator(model_cfg, name="generator_BA")
     opt = make_optimizer(loss_cfg, steps, "float32", "ceiling")
@@ -108,7 +110,7 @@ def main() -> None:
     runs = []
     for style in args.styles:
         for variant in args.variants:
-            name, options = quality._parse_variant(variant)
+            name, options = quality.parse_variant(variant)
             run = paired_run(
                 style, options, steps=args.steps, probe_every=args.probe_every, n=args.n
             )

@@ -49,7 +49,10 @@ from cyclegan_jobs.training import hooks
 BUILTIN = "cyclegan_jobs.sample_data:paint"
 STYLES = (BUILTIN, "benchmarks/styles.py:colour_remap", "benchmarks/styles.py:blur_posterize")
 GOAL_DB, GOAL_GAIN_DB = 25.0, 10.0
-# A variant: options on top of the preset ("name=key:value,key:value"; see _settings).
+# The seeds of the four face draws: training faces (b), faces to style (a), the truth probe's
+# test faces (held_b) and the evaluation's styled test faces (held_a).
+DRAWS = {"b": 0, "a": 1, "held_b": 2, "held_a": 3}
+# A variant: options on top of the preset ("name=key:value,key:value"; see settings).
 VARIANTS = ("defaults=",)
 # The tiny preset's defaults, then each of issue 21's changes undone alone, then all of them
 # (the defaults before it).
@@ -93,10 +96,10 @@ def _domains(
     """Training draws (n + a held-out share for selection) and the test draw, as .npy files;
     also the test faces b themselves (the truth probe and the report use them)."""
     select = hooks.SELECT_IMAGES
-    faces_b = synthetic_faces(n + select, size, seed=0)
-    painted_a = np.asarray(style(synthetic_faces(n + select, size, seed=1)), np.uint8)
-    held_b = synthetic_faces(held_out, size, seed=2)
-    held_a = np.asarray(style(synthetic_faces(held_out, size, seed=3)), np.uint8)
+    faces_b = synthetic_faces(n + select, size, seed=DRAWS["b"])
+    painted_a = np.asarray(style(synthetic_faces(n + select, size, seed=DRAWS["a"])), np.uint8)
+    held_b = synthetic_faces(held_out, size, seed=DRAWS["held_b"])
+    held_a = np.asarray(style(synthetic_faces(held_out, size, seed=DRAWS["held_a"])), np.uint8)
     arrays = (("a", painted_a), ("b", faces_b), ("held_a", held_a), ("held_b", held_b))
     return {name: write_npy(str(out / f"{name}.npy"), arr) for name, arr in arrays}, held_b
 
@@ -125,7 +128,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     uris, held_b = _domains(style, out, n, held_out, image_size)
     truth = np.asarray(style(held_b), np.uint8)
-    model_cfg, loss_cfg, batch_size = _settings(preset_name, image_size, options or {})
+    model_cfg, loss_cfg, batch_size = settings(preset_name, image_size, options or {})
     cfg = TrainConfig(
         domain_a=uris["a"],
         domain_b=uris["b"],
@@ -192,7 +195,7 @@ def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[s
     return report
 
 
-def _settings(name: str, size: int, options: dict[str, Any]) -> tuple[Any, Any, int]:
+def settings(name: str, size: int, options: dict[str, Any]) -> tuple[Any, Any, int]:
     """The preset's model, loss and batch size (what users train), each option applied to the
     config that has a field of its name."""
     model_cfg, loss_cfg = preset(name, size)
@@ -220,7 +223,7 @@ def _value(text: str) -> Any:
     return text
 
 
-def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """NAME=key:value,key:value -> (NAME, {key: value})."""
     name, _, spec = text.partition("=")
     options: dict[str, Any] = {}
@@ -235,7 +238,7 @@ def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
     jobs = []
     for style in args.styles:
         for variant in args.variants:
-            name = _parse_variant(variant)[0]
+            name = parse_variant(variant)[0]
             tag = f"{Path(style.split(':')[-1]).name}-{name}"
             out = Path(args.out) / tag
             argv = [sys.executable, __file__, "--style", style, "--variant", variant]
@@ -322,7 +325,7 @@ def main() -> None:
         n=args.n,
         held_out=args.held_out,
         out=args.out,
-        options=_parse_variant(args.variant)[1],
+        options=parse_variant(args.variant)[1],
         select_every=args.select_every,
         epochs=args.epochs,
     )
