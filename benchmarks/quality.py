@@ -233,18 +233,30 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+# The options one run of the matrix takes from the matrix's own command line.
+RUN_OPTIONS = ("minutes", "epochs", "image_size", "preset", "n", "held_out", "select_every",
+               "threads")  # fmt: skip
+
+
+def run_argv(args: argparse.Namespace, style: str, variant: str, out: Path) -> list[str]:
+    """The command line of one matrix run: its style, variant and folder, and every option of
+    RUN_OPTIONS that the matrix was given (a matrix with --n 1024 trains each run on 1,024)."""
+    argv = ["--style", style, "--variant", variant, "--out", str(out)]
+    for name in RUN_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
 def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every style x variant as its own process (`--parallel` at a time, `--threads` each)."""
     jobs = []
     for style in args.styles:
         for variant in args.variants:
-            name = parse_variant(variant)[0]
-            tag = f"{Path(style.split(':')[-1]).name}-{name}"
+            tag = f"{Path(style.split(':')[-1]).name}-{parse_variant(variant)[0]}"
             out = Path(args.out) / tag
-            argv = [sys.executable, __file__, "--style", style, "--variant", variant]
-            argv += ["--minutes", str(args.minutes), "--out", str(out)]
-            argv += ["--threads", str(args.threads)] if args.threads else []
-            argv += ["--epochs", str(args.epochs)] if args.epochs else []
+            argv = [sys.executable, __file__, *run_argv(args, style, variant, out)]
             jobs.append((tag, out, argv))
     running, reports = [], []
     while jobs or running:

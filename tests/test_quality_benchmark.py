@@ -76,3 +76,19 @@ def test_paired_ceiling_learns_a_style_it_is_shown() -> None:
     assert [row["step"] for row in run["curve"]] == [100, 200]
     assert run["gain_best_db"] > 8.0, run
     assert run["psnr_best"] >= run["psnr_last"] == run["curve"][-1]["psnr_true"]
+
+
+def test_matrix_runs_get_every_option_the_matrix_was_given(tmp_path: Path) -> None:
+    # Each run of --matrix is its own process: what the matrix's command line says about the
+    # runs (training images, size, preset, length, threads) must reach every run's own parser.
+    given = ["--matrix", "--n", "1024", "--image-size", "32", "--preset", "tiny", "--minutes",
+             "2.5", "--held-out", "16", "--select-every", "50", "--threads", "1"]  # fmt: skip
+    matrix = quality._parser().parse_args(given)
+    style, variant = "benchmarks/styles.py:colour_remap", "x=ema_momentum:0"
+    run = quality._parser().parse_args(quality.run_argv(matrix, style, variant, tmp_path))
+    for name in ("n", "image_size", "preset", "minutes", "held_out", "select_every", "threads"):
+        assert getattr(run, name) == getattr(matrix, name), name
+    assert (run.style, run.variant, run.out, run.matrix) == (style, variant, str(tmp_path), False)
+    with_epochs = quality._parser().parse_args([*given, "--epochs", "3"])
+    run = quality._parser().parse_args(quality.run_argv(with_epochs, style, variant, tmp_path))
+    assert run.epochs == 3
