@@ -67,8 +67,8 @@ def paired_run(style_spec: str, options: dict[str, Any], *, steps: int, probe_ev
         pick = rng.integers(0, n, batch)
         train_step(tf.constant(x[pick]), tf.constant(y[pick]))
         if step % probe_every == 0 or step == steps:
-            fake = images.to_uint8(np.asarray(gen(images.to_unit(held), training=False)))
-            curve.append({"step": step, "psnr_true": round(metrics.psnr(fake, truth), 2)})
+            psnr = metrics.psnr(quality.stylize(gen, held), truth)
+            curve.append({"step": step, "psnr_true": round(psnr, 2)})
             print(f"{style_spec} {options} step {step}: {curve[-1]['psnr_true']} dB", flush=True)
     best = max(curve, key=lambda r: r["psnr_true"])
     baseline = metrics.psnr(held, truth)
@@ -102,11 +102,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="training pairs (quality.py's --n)")
     p.add_argument("--threads", type=int, default=0, help="TF threads (0: all)")
     args = p.parse_args()
-    if args.threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    quality.limit_threads(args.threads)
     runs = []
     for style in args.styles:
         for variant in args.variants:

@@ -153,13 +153,27 @@ def run_benchmark(
     return _report(style_spec, cfg, summary, probe, uris, held_b, truth, out)
 
 
+def stylize(generator: Any, faces: np.ndarray) -> np.ndarray:
+    """uint8 faces through a Keras generator (inference mode) -> uint8 images."""
+    return images.to_uint8(np.asarray(generator(images.to_unit(faces), training=False)))
+
+
+def limit_threads(threads: int) -> None:
+    """TensorFlow's intra- and inter-op threads (0: leave TensorFlow's choice)."""
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def _report(style_spec, cfg, summary, probe, uris, held_b, truth, out) -> dict[str, Any]:
     from cyclegan_jobs.inference import load_generators
 
     vuri = summary["version_uri"]
     result = evaluate(vuri, uris["held_a"], uris["held_b"], holdout=0.0, paired_b_to_a=style_spec)
     g_ba = load_generators(vuri)["generator_BA"]
-    fake = images.to_uint8(np.asarray(g_ba(images.to_unit(held_b), training=False)))
+    fake = stylize(g_ba, held_b)
     model_psnr, baseline = metrics.psnr(fake, truth), metrics.psnr(held_b, truth)
     rows = [[held_b[i], truth[i], fake[i]] for i in range(min(6, len(held_b)))]
     picture = out / "quality.png"
@@ -324,11 +338,7 @@ def main() -> None:
         print_table(reports)
         print(json.dumps({"runs": [{k: v for k, v in r.items() if k != "curve"} for r in reports]}))
         return
-    if args.threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    limit_threads(args.threads)
     report = run_benchmark(
         args.style,
         minutes=args.minutes,
