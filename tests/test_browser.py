@@ -278,8 +278,9 @@ def _check_client_refusals(e2e: E2E, form: Any) -> None:
 
 def _check_server_refusal(e2e: E2E, form: Any) -> None:
     """learning_rate has exclusiveMinimum 0, which the form does not check: the API refuses the
-    run and the UI says so. Unpause-on-trigger is unticked for this try, because the UI unpauses
-    before it posts the run (a refused trigger would still unpause the DAG)."""
+    run and the UI says so. Unpause-on-trigger is unticked for this try, because the UI sends the
+    unpause beside the run, whatever the API says of the run (a refused trigger would still
+    unpause the DAG)."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     d = e2e.driver
@@ -352,7 +353,9 @@ def test_5_trigger_form(e2e: E2E) -> None:
         e2e.state["retrain_run"] = run["dag_run_id"]
         conf = {k: run["conf"].get(k) for k in FORM}
         assert conf == FORM, f"the form sent {run['conf']}"
-        assert api.get(f"/dags/{RETRAIN}")["is_paused"] is False, "unpaused on trigger"
+        # The UI sends the unpause (PATCH) and the run (POST) together without awaiting the
+        # first, so the run can be listed before the unpause lands (CI, stop 33): poll for it.
+        wait_for("unpaused on trigger", lambda: not api.get(f"/dags/{RETRAIN}")["is_paused"], 30)
 
 
 def _wait_run(e2e: E2E, dag_id: str, run_id: str) -> dict:
