@@ -110,6 +110,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         model_cfg = dataclasses.replace(model_cfg, upsample=args.upsample)
     if args.learning_rate is not None:
         loss_cfg = dataclasses.replace(loss_cfg, learning_rate=args.learning_rate)
+    if args.disc_augment != "preset":
+        loss_cfg = dataclasses.replace(loss_cfg, disc_augment=args.disc_augment == "on")
     select_every = args.select_every
     if select_every is None:
         select_every = PRESET_SELECT_EVERY[args.preset]

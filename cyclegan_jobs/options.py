@@ -20,6 +20,7 @@ from typing import Any
 
 from cyclegan_jobs.config import (
     DIRECTIONS,
+    DISC_AUGMENT_HELP,
     FORMATS,
     IMAGE_SIZES,
     PRECISION_HELP,
@@ -175,6 +176,13 @@ _UPSAMPLE_HELP = (
     + " (default: the preset's)"
 ).replace("%", "%%")  # argparse formats help with %
 
+_DISC_AUGMENT_HELP = {
+    "preset": "the preset's ("
+    + _by_preset(lambda name: "on" if preset(name)[1].disc_augment else "off")
+    + ")",
+    **DISC_AUGMENT_HELP,
+}
+
 TRAIN = Command(
     "train",
     "train (or resume) a CycleGAN and store a new model version",
@@ -211,6 +219,13 @@ TRAIN = Command(
             "best weights; 0: off, export the last (default: the preset's)",
         ),
         Option("upsample", choices=UPSAMPLING, help=_UPSAMPLE_HELP),
+        Option(
+            "disc_augment",
+            default="preset",
+            choices=tuple(_DISC_AUGMENT_HELP),
+            help="augment the discriminators' inputs. "
+            + _choices(_DISC_AUGMENT_HELP).replace("%", "%%"),
+        ),
         *STORAGE,
     ),
 )
@@ -553,6 +568,12 @@ def _training_fields() -> tuple[Field, ...]:
             },
         ),
         Field(PRECISION, "Precision", "Numeric precision of training. " + _choices(PRECISION_HELP)),
+        Field(
+            train("disc_augment"),
+            "Discriminator augmentation",
+            "Random shifts and cutout of what the discriminators see. "
+            + _choices(_DISC_AUGMENT_HELP),
+        ),
     )
 
 

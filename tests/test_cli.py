@@ -147,11 +147,34 @@ def test_train_flags_map_onto_the_training_config(
     assert cfg.loss == loss
 
 
+@pytest.mark.parametrize(
+    ("name", "flags", "disc_augment"),
+    [
+        ("tiny", [], True),
+        ("tiny", ["--disc-augment", "preset"], True),
+        ("tiny", ["--disc-augment", "off"], False),
+        ("seed", [], False),
+        ("seed", ["--disc-augment", "on"], True),
+        ("paper", ["--disc-augment", "off"], False),
+    ],
+)
+def test_disc_augment_turns_the_presets_choice_on_or_off(
+    name: str, flags: list[str], disc_augment: bool, trained: list[TrainConfig]
+) -> None:
+    code, _ = cli.run([*TRAIN, "--preset", name, *flags, "--run-id", "r1"], log_to_stderr=False)
+    assert code == 0
+    (cfg,) = trained
+    # Only that field differs from the preset's loss.
+    assert cfg.loss == dataclasses.replace(preset(name)[1], disc_augment=disc_augment)
+    assert cfg.model == preset(name)[0]
+
+
 def test_the_presets_select_differently() -> None:
     # Else the cases above could not tell the preset's default from a fixed one.
     assert PRESET_SELECT_EVERY["seed"] == 0 and PRESET_SELECT_EVERY["tiny"] > 0
     assert PRESET_BATCH_SIZE["seed"] == 1 and PRESET_BATCH_SIZE["tiny"] not in (1, 3)
     assert preset("tiny")[0].upsample != "transpose"
+    assert preset("tiny")[1].disc_augment and not preset("seed")[1].disc_augment
 
 
 @pytest.mark.parametrize(
@@ -160,6 +183,7 @@ def test_the_presets_select_differently() -> None:
         (["--select-every", "-1"], "must be >= 0"),
         (["--select-every", "often"], "--select-every"),
         (["--upsample", "bilinear"], "invalid choice"),
+        (["--disc-augment", "yes"], "invalid choice"),
     ],
 )
 def test_bad_train_flags_are_usage_errors(
