@@ -60,7 +60,7 @@ TERMINAL = ("success", "failed")
 PROGRESS = re.compile(r"\bepoch \d+/\d+")  # cyclegan_jobs.training.train's progress lines
 BAD_LEVELS = ("ERROR", "WARNING", "CRITICAL")
 # The valid trigger: tiny and fast (the sample domains are 64 images each).
-FORM = {"preset": "tiny", "epochs": 1, "image_size": 32, "min_cycle_psnr": 0}
+FORM = {"preset": "tiny", "epochs": 1, "image_size": 32, "min_cycle_psnr": 0, "disc_augment": "off"}
 
 
 @dataclass
@@ -318,6 +318,7 @@ def _first_number(label: str) -> int | None:
 def _fill_valid(e2e: E2E, form: Any) -> None:
     d = e2e.driver
     select_option(d, "preset", lambda label: re.match(rf"{FORM['preset']}\b", label))
+    select_option(d, "disc_augment", lambda label: label == FORM["disc_augment"])
     if is_dropdown(form, "image_size"):  # values_display may label the sizes: "32 x 32 px"
         select_option(d, "image_size", lambda label: _first_number(label) == FORM["image_size"])
     else:  # a number field
@@ -395,6 +396,10 @@ def test_6_retrain_run(e2e: E2E) -> None:
             if "refused" not in summary:
                 problems.append(f"promote {states.get('promote')}, and no refusal in the log")
         assert not problems, "; ".join(problems)
+        # The form's choice reached the command the train task ran.
+        xcom = f"/dags/{RETRAIN}/dagRuns/{quote(run_id)}/taskInstances/train_command/xcomEntries"
+        command = str(api.get(f"{xcom}/return_value")["value"])
+        assert re.search(rf"--disc-augment\W+{FORM['disc_augment']}\b", command), command
         e2e.state["promoted"] = states.get("promote") == "success"
         _summary_shot(e2e, run_id)
 
