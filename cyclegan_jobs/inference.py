@@ -145,8 +145,8 @@ class Generators:
     ) -> None:
         """Trace a chain once for every batch size of its picture shape, before its first call.
         Traced at the first batch's size, a chain was traced again for the last, smaller batch
-        of the same images; evaluation's four chains then made TF log a retracing WARNING (5
-        traces in 10 calls) in a healthy run's log."""
+        of the same images; with model selection's and evaluation's Generators in one process
+        (make run), TF logged a retracing WARNING (5 traces within 10 calls of the method)."""
         key = (names, quantize, batch.shape[1:], batch.dtype, stats is None)
         if key in self._traced:
             return
