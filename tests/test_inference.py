@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+from cyclegan_jobs import images
 from cyclegan_jobs.config import preset
 from cyclegan_jobs.evaluation.evaluate import BATCH
 from cyclegan_jobs.inference import GENERATORS, Generators
@@ -25,15 +26,6 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_a_chain_is_traced_once_for_all_its_batch_sizes(nets: tuple) -> None:
     cfg, networks = nets
     gens = Generators(networks, cfg, precision="float32")
@@ -44,24 +36,22 @@ def test_a_chain_is_traced_once_for_all_its_batch_sizes(nets: tuple) -> None:
     gens.apply("generator_BA", a[:5], BATCH)
     # One trace per generator, not one for the full batches and one for the remainder.
     assert gens._run.experimental_get_tracing_count() == 2
-    expected = networks["generator_AB"](a.astype(np.float32) / 127.5 - 1.0, training=False)
+    expected = networks["generator_AB"](images.to_unit(a), training=False)
     np.testing.assert_allclose(out, np.asarray(expected), atol=1e-5)
 
 
-def test_selection_then_evaluation_in_one_process_log_no_retracing_warning(nets: tuple) -> None:
+def test_selection_then_evaluation_in_one_process_log_no_retracing_warning(
+    nets: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
     # make run's local runner trains (model selection builds a Generators) and evaluates (a
     # second one) in one process; TF warns when 5 of 10 calls of one method traced.
     cfg, networks = nets
     a, b = _images(71, 2), _images(77, 3)
-    records = _Records()
-    logging.getLogger("tensorflow").addHandler(records)
-    try:
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
         for _ in range(3):
             gens = Generators(networks, cfg, precision="float32")
             fake_b = gens.apply("generator_AB", a, BATCH)
             gens.apply("generator_BA", b, BATCH)
-            back = np.clip((fake_b + 1.0) * 127.5, 0, 255).astype(np.uint8)
-            gens.apply("generator_BA", back, BATCH)
-    finally:
-        logging.getLogger("tensorflow").removeHandler(records)
-    assert not [m for m in records.messages if "retracing" in m], records.messages
+            gens.apply("generator_BA", images.to_uint8(fake_b), BATCH)
+    retracing = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert not retracing, retracing
