@@ -112,6 +112,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         loss_cfg = dataclasses.replace(loss_cfg, learning_rate=args.learning_rate)
     if args.disc_augment != "preset":
         loss_cfg = dataclasses.replace(loss_cfg, disc_augment=args.disc_augment == "on")
+    if args.residual != "preset":
+        model_cfg = dataclasses.replace(model_cfg, residual=args.residual == "on")
     select_every = args.select_every
     if select_every is None:
         select_every = PRESET_SELECT_EVERY[args.preset]

@@ -30,6 +30,7 @@ from cyclegan_jobs.config import (
     PRESET_IMAGE_SIZE,
     PRESET_SELECT_EVERY,
     PRESETS,
+    RESIDUAL_HELP,
     S3_OUTAGE_WAIT_S,
     SCOPES,
     UPSAMPLING,
@@ -183,6 +184,13 @@ _DISC_AUGMENT_HELP = {
     **DISC_AUGMENT_HELP,
 }
 
+_RESIDUAL_HELP = {
+    "preset": "the preset's ("
+    + _by_preset(lambda name: "on" if preset(name)[0].residual else "off")
+    + ")",
+    **RESIDUAL_HELP,
+}
+
 TRAIN = Command(
     "train",
     "train (or resume) a CycleGAN and store a new model version",
@@ -225,6 +233,13 @@ TRAIN = Command(
             choices=tuple(_DISC_AUGMENT_HELP),
             help="augment the discriminators' inputs. "
             + _choices(_DISC_AUGMENT_HELP).replace("%", "%%"),
+        ),
+        Option(
+            "residual",
+            default="preset",
+            choices=tuple(_RESIDUAL_HELP),
+            help="the U-Net generators' residual start. "
+            + _choices(_RESIDUAL_HELP).replace("%", "%%"),
         ),
         *STORAGE,
     ),
@@ -573,6 +588,12 @@ def _training_fields() -> tuple[Field, ...]:
             "Discriminator augmentation",
             "Random shifts and cutout of what the discriminators see. "
             + _choices(_DISC_AUGMENT_HELP),
+        ),
+        Field(
+            train("residual"),
+            "Residual start",
+            "Whether the generators predict a change to their input (U-Net presets only). "
+            + _choices(_RESIDUAL_HELP),
         ),
     )
 

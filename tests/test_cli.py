@@ -169,12 +169,42 @@ def test_disc_augment_turns_the_presets_choice_on_or_off(
     assert cfg.model == preset(name)[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "flags", "residual"),
+    [
+        ("tiny", [], True),
+        ("tiny", ["--residual", "preset"], True),
+        ("tiny", ["--residual", "off"], False),
+        ("seed", [], False),
+        ("seed", ["--residual", "on"], True),
+    ],
+)
+def test_residual_turns_the_presets_choice_on_or_off(
+    name: str, flags: list[str], residual: bool, trained: list[TrainConfig]
+) -> None:
+    code, _ = cli.run([*TRAIN, "--preset", name, *flags, "--run-id", "r1"], log_to_stderr=False)
+    assert code == 0
+    (cfg,) = trained
+    # Only that field differs from the preset's model.
+    assert cfg.model == dataclasses.replace(preset(name)[0], residual=residual)
+    assert cfg.loss == preset(name)[1]
+
+
+def test_residual_on_a_resnet_preset_is_a_usage_error(
+    trained: list[TrainConfig], capsys: pytest.CaptureFixture
+) -> None:
+    code = main([*TRAIN, "--preset", "paper", "--residual", "on", "--run-id", "r1"])
+    assert code == 2 and not trained
+    assert "U-Net option" in capsys.readouterr().err
+
+
 def test_the_presets_select_differently() -> None:
     # Else the cases above could not tell the preset's default from a fixed one.
     assert PRESET_SELECT_EVERY["seed"] == 0 and PRESET_SELECT_EVERY["tiny"] > 0
     assert PRESET_BATCH_SIZE["seed"] == 1 and PRESET_BATCH_SIZE["tiny"] not in (1, 3)
     assert preset("tiny")[0].upsample != "transpose"
     assert preset("tiny")[1].disc_augment and not preset("seed")[1].disc_augment
+    assert preset("tiny")[0].residual and not preset("seed")[0].residual
 
 
 @pytest.mark.parametrize(
@@ -184,6 +214,7 @@ def test_the_presets_select_differently() -> None:
         (["--select-every", "often"], "--select-every"),
         (["--upsample", "bilinear"], "invalid choice"),
         (["--disc-augment", "yes"], "invalid choice"),
+        (["--residual", "true"], "invalid choice"),
     ],
 )
 def test_bad_train_flags_are_usage_errors(

@@ -223,7 +223,7 @@ def test_dagbag_loads_both_dags_with_their_schedules_and_settings(parsed: dict) 
     assert set(retrain["params"]) == {
         "preset", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "image_size",
         "precision", "domain_a", "domain_b", "model_store", "min_new_images", "force",
-        "promote", "min_cycle_psnr", "select_every", "disc_augment",
+        "promote", "min_cycle_psnr", "select_every", "disc_augment", "residual",
     }  # fmt: skip
     assert retrain["params"]["epochs"]["minimum"] == 1
     assert retrain["params"]["promote"]["enum"] == ["gate", "never"]
@@ -250,7 +250,8 @@ def test_the_forms_choices_are_the_librarys(parsed: dict) -> None:
     choices = {a.dest: a.choices for a in train._actions if a.choices}
     assert list(choices["preset"]) == list(config.PRESETS)
     assert list(choices["precision"]) == list(config.PRECISIONS)
-    assert form["disc_augment"]["enum"] == list(choices["disc_augment"]) == ["preset", "on", "off"]
+    for name in ("disc_augment", "residual"):
+        assert form[name]["enum"] == list(choices[name]) == ["preset", "on", "off"]
 
 
 def test_every_param_is_generated_from_the_options_declarations(parsed: dict) -> None:
