@@ -177,19 +177,22 @@ _UPSAMPLE_HELP = (
     + " (default: the preset's)"
 ).replace("%", "%%")  # argparse formats help with %
 
-_DISC_AUGMENT_HELP = {
-    "preset": "the preset's ("
-    + _by_preset(lambda name: "on" if preset(name)[1].disc_augment else "off")
-    + ")",
-    **DISC_AUGMENT_HELP,
-}
 
-_RESIDUAL_HELP = {
-    "preset": "the preset's ("
-    + _by_preset(lambda name: "on" if preset(name)[0].residual else "off")
-    + ")",
-    **RESIDUAL_HELP,
-}
+def _preset_or(is_on: Callable[[str], bool], on_off_help: dict[str, str]) -> dict[str, str]:
+    """The choices of a flag that turns a preset's choice on or off: preset (each preset's own,
+    derived from the presets), on, off."""
+    by_preset = _by_preset(lambda name: "on" if is_on(name) else "off")
+    return {"preset": f"the preset's ({by_preset})", **on_off_help}
+
+
+def _switch(name: str, what: str, choices: dict[str, str]) -> Option:
+    """A train flag that overrides one of the preset's choices (the default: keep it)."""
+    help_ = f"{what}. {_choices(choices)}".replace("%", "%%")  # argparse formats help with %
+    return Option(name, default="preset", choices=tuple(choices), help=help_)
+
+
+_DISC_AUGMENT_HELP = _preset_or(lambda name: preset(name)[1].disc_augment, DISC_AUGMENT_HELP)
+_RESIDUAL_HELP = _preset_or(lambda name: preset(name)[0].residual, RESIDUAL_HELP)
 
 TRAIN = Command(
     "train",
@@ -227,20 +230,8 @@ TRAIN = Command(
             "best weights; 0: off, export the last (default: the preset's)",
         ),
         Option("upsample", choices=UPSAMPLING, help=_UPSAMPLE_HELP),
-        Option(
-            "disc_augment",
-            default="preset",
-            choices=tuple(_DISC_AUGMENT_HELP),
-            help="augment the discriminators' inputs. "
-            + _choices(_DISC_AUGMENT_HELP).replace("%", "%%"),
-        ),
-        Option(
-            "residual",
-            default="preset",
-            choices=tuple(_RESIDUAL_HELP),
-            help="the U-Net generators' residual start. "
-            + _choices(_RESIDUAL_HELP).replace("%", "%%"),
-        ),
+        _switch("disc_augment", "augment the discriminators' inputs", _DISC_AUGMENT_HELP),
+        _switch("residual", "the U-Net generators' residual start", _RESIDUAL_HELP),
         *STORAGE,
     ),
 )
