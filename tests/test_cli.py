@@ -148,46 +148,37 @@ def test_train_flags_map_onto_the_training_config(
 
 
 @pytest.mark.parametrize(
-    ("name", "flags", "disc_augment"),
+    ("name", "flags", "model_fields", "loss_fields"),
     [
-        ("tiny", [], True),
-        ("tiny", ["--disc-augment", "preset"], True),
-        ("tiny", ["--disc-augment", "off"], False),
-        ("seed", [], False),
-        ("seed", ["--disc-augment", "on"], True),
-        ("paper", ["--disc-augment", "off"], False),
+        ("tiny", [], {"residual": True}, {"disc_augment": True}),
+        (
+            "tiny",
+            ["--disc-augment", "preset", "--residual", "preset"],
+            {"residual": True},
+            {"disc_augment": True},
+        ),
+        ("tiny", ["--disc-augment", "off"], {"residual": True}, {"disc_augment": False}),
+        ("tiny", ["--residual", "off"], {"residual": False}, {"disc_augment": True}),
+        ("seed", [], {"residual": False}, {"disc_augment": False}),
+        ("seed", ["--disc-augment", "on"], {"residual": False}, {"disc_augment": True}),
+        ("seed", ["--residual", "on"], {"residual": True}, {"disc_augment": False}),
+        ("paper", ["--disc-augment", "off"], {}, {"disc_augment": False}),
     ],
 )
-def test_disc_augment_turns_the_presets_choice_on_or_off(
-    name: str, flags: list[str], disc_augment: bool, trained: list[TrainConfig]
+def test_switches_turn_the_presets_choice_on_or_off(
+    name: str,
+    flags: list[str],
+    model_fields: dict,
+    loss_fields: dict,
+    trained: list[TrainConfig],
 ) -> None:
+    """--disc-augment (LossConfig) and --residual (ModelConfig): preset, on or off."""
     code, _ = cli.run([*TRAIN, "--preset", name, *flags, "--run-id", "r1"], log_to_stderr=False)
     assert code == 0
     (cfg,) = trained
-    # Only that field differs from the preset's loss.
-    assert cfg.loss == dataclasses.replace(preset(name)[1], disc_augment=disc_augment)
-    assert cfg.model == preset(name)[0]
-
-
-@pytest.mark.parametrize(
-    ("name", "flags", "residual"),
-    [
-        ("tiny", [], True),
-        ("tiny", ["--residual", "preset"], True),
-        ("tiny", ["--residual", "off"], False),
-        ("seed", [], False),
-        ("seed", ["--residual", "on"], True),
-    ],
-)
-def test_residual_turns_the_presets_choice_on_or_off(
-    name: str, flags: list[str], residual: bool, trained: list[TrainConfig]
-) -> None:
-    code, _ = cli.run([*TRAIN, "--preset", name, *flags, "--run-id", "r1"], log_to_stderr=False)
-    assert code == 0
-    (cfg,) = trained
-    # Only that field differs from the preset's model.
-    assert cfg.model == dataclasses.replace(preset(name)[0], residual=residual)
-    assert cfg.loss == preset(name)[1]
+    # Only those fields differ from the preset's model and loss.
+    assert cfg.model == dataclasses.replace(preset(name)[0], **model_fields)
+    assert cfg.loss == dataclasses.replace(preset(name)[1], **loss_fields)
 
 
 def test_residual_on_a_resnet_preset_is_a_usage_error(
